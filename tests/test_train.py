@@ -1,0 +1,90 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from ase_diffrelax import load_model, relax_many
+from ase_diffrelax.data import MoleculeSet, split_of
+from ase_diffrelax.train import TrainConfig, Trainer, TrainingData
+
+from conftest import small_molecules
+
+TINY = {"features": 16, "blocks": 2, "rbf": 8, "cutoff": 5.0, "elements": [1, 6, 7, 8, 9], "time_features": 8}
+
+
+def _data():
+    mols = small_molecules()
+    ms = MoleculeSet.from_atoms_list(mols)
+    rng = np.random.default_rng(0)
+    fake_mmff = ms.positions + rng.normal(0, 0.05, ms.positions.shape).astype(np.float32)
+    return TrainingData(ms, fake_mmff)
+
+
+def test_split_is_fixed():
+    assert split_of(np.array([10, 20, 11, 21, 12, 19, 1])).tolist() == \
+        ["test", "test", "val", "val", "train", "train", "val"]
+
+
+def test_training_reduces_loss_and_checkpoint_round_trip(tmp_path):
+    data = _data()
+    cfg = TrainConfig(out=str(tmp_path / "run"), steps=60, batch_size=8, val_every=30, model=TINY, lr=2e-3)
+    tr = Trainer(cfg, data, data, progress=False)
+    first = tr.validate()
+    tr.train()
+    last = tr.history[-1]
+    assert last["step"] == 60
+    assert last["noise_mse_t50-150"] < first["noise_mse_t50-150"]
+    # safetensors + JSON card, loaded without pickle, same predictions
+    base = tmp_path / "run" / "best"
+    assert base.with_suffix(".safetensors").exists()
+    card = json.loads(base.with_suffix(".json").read_text())
+    assert card["config"]["features"] == 16 and card["training"]["steps"] in (30, 60)
+    m = load_model(base)
+    m2 = load_model(str(base) + ".safetensors")
+    z = torch.tensor([6, 1, 1, 1, 1])
+    x = torch.randn(5, 3)
+    mol = torch.zeros(5, dtype=torch.long)
+    a = m.net(z, x, mol, 1)
+    b = m2.net(z, x, mol, 1)
+    torch.testing.assert_close(a[1], b[1])
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        load_model(tmp_path / "nothing-here")
+
+
+def test_resume_after_interruption_is_exact(tmp_path):
+    data = _data()
+    common = dict(batch_size=8, val_every=10, ckpt_every=5, model=TINY, seed=3)
+    straight = Trainer(TrainConfig(out=str(tmp_path / "a"), steps=20, **common), data, data, progress=False)
+    straight.train()
+    # "killed" after 10 steps: a fresh Trainer resumes from the files on disk
+    first = Trainer(TrainConfig(out=str(tmp_path / "b"), steps=20, **common), data, data, progress=False)
+    first.train(steps=10)
+    del first
+    again = Trainer(TrainConfig(out=str(tmp_path / "b"), steps=20, **common), data, data, progress=False)
+    assert again.resume() and again.step == 10
+    again.train()
+    for (k, p), q in zip(straight.net.state_dict().items(), again.net.state_dict().values()):
+        torch.testing.assert_close(p, q, rtol=0, atol=0, msg=k)
+    assert [h["step"] for h in again.history] == [10, 20]
+
+
+def test_tiny_model_relaxes_diffused_molecules(tiny_model):
+    """End to end: the fixture trained a tiny model in seconds; every policy runs on it."""
+    mols = small_molecules()[:6]
+    rng = np.random.default_rng(1)
+    noisy = []
+    for a in mols:
+        b = a.copy()
+        b.positions += rng.normal(0, 0.05, b.positions.shape)
+        noisy.append(b)
+    for policy, kw in [("jt", {"max_steps": 30}), ("itp", {}), ("fixed", {"t0": 20})]:
+        res = relax_many(noisy, model=tiny_model, policy=policy, progress=False, batch_size=4, **kw)
+        assert len(res) == len(noisy)
+        for r, a in zip(res, noisy):
+            assert r.atoms.get_chemical_symbols() == a.get_chemical_symbols()
+            assert np.all(np.isfinite(r.atoms.positions))
+            assert r.steps >= 1
+            assert r.status in ("converged", "max_steps")
+        if policy == "fixed":
+            assert all(r.steps == 20 for r in res)
