@@ -32,17 +32,21 @@ def fixed_mask(atoms) -> np.ndarray:
 
 
 def relax_many(atoms_list, model=None, policy="jt", batch_size: int = 128, device=None, progress: bool = True,
-               seed: int | None = 0, t0: int | None = None, **policy_kw) -> list[RelaxResult]:
+               seed: int | None = 0, t0: int | None = None, trajectory: str | None = None,
+               **policy_kw) -> list[RelaxResult]:
     """Relax many molecules (any sizes) in batches; converged ones are swapped out for waiting ones.
 
     Molecule k uses noise seed ``seed + k`` so that its path does not depend on batch
     composition; ``DiffusionRelax(atoms, seed=s)`` follows the same path as
-    ``relax_many([atoms], seed=s)``.
+    ``relax_many([atoms], seed=s)``. ``trajectory``: a file name with ``{i}`` (molecule index)
+    to write one ASE trajectory per molecule, every step, ``atoms.info["diffusion_t"]`` set.
     """
     model = load_model(model, device=device)
     atoms_list = list(atoms_list)
     check_batch(atoms_list, model.elements, model.card.get("max_atoms"))
-    sampler = Sampler(model, policy, t0=t0, **policy_kw)
+    if trajectory is not None and len(atoms_list) > 1 and "{i}" not in str(trajectory):
+        raise ValueError("trajectory for several molecules needs '{i}' in the file name, e.g. 'relax_{i}.traj'")
+    sampler = Sampler(model, policy, t0=t0, record=trajectory is not None, **policy_kw)
     states = [
         new_state(a.numbers, a.positions, sampler.device, None if seed is None else seed + k, fixed_mask(a))
         for k, a in enumerate(atoms_list)
@@ -63,4 +67,21 @@ def relax_many(atoms_list, model=None, policy="jt", batch_size: int = 128, devic
         out.info["diffusion_steps"] = st.steps
         topo = topology_change(atoms.numbers, atoms.positions, out.positions)
         results.append(RelaxResult(out, st.steps, st.t_hat, st.status, topo))
+        if trajectory is not None:
+            write_history(str(trajectory).replace("{i}", str(len(results) - 1)), atoms, st.history)
     return results
+
+
+def write_history(path: str, atoms, history) -> None:
+    """Input frame plus one frame per reverse-diffusion step, readable by ``ase gui``."""
+    from ase.io.trajectory import Trajectory
+
+    with Trajectory(path, "w") as traj:
+        first = atoms.copy()
+        first.calc = None
+        traj.write(first)
+        for positions, t_hat in history:
+            frame = first.copy()
+            frame.set_positions(positions, apply_constraint=False)
+            frame.info["diffusion_t"] = float(t_hat)
+            traj.write(frame)

@@ -170,13 +170,15 @@ def new_state(numbers, positions, device, seed=None, fixed=None) -> MoleculeStat
 class Sampler:
     """Reverse diffusion for many molecules at once with any Policy."""
 
-    def __init__(self, model, policy: Policy | str = "jt", device=None, final_denoise: bool = True, **policy_kw):
+    def __init__(self, model, policy: Policy | str = "jt", device=None, final_denoise: bool = True,
+                 record: bool = False, **policy_kw):
         from .checkpoint import load_model
 
         self.model = load_model(model, device=device)
         self.device = self.model.device
         self.policy = make_policy(policy, **policy_kw)
         self.final_denoise = final_denoise
+        self.record = record  # keep (positions, t_hat) of every step in each state's history
         self.n_evals = 0
 
     @torch.no_grad()
@@ -235,6 +237,8 @@ class Sampler:
                     s.done, s.status = True, "converged"
                 elif s.steps >= pol.max_steps:
                     s.done, s.status = True, "max_steps"
+            if self.record:
+                s.history.append((s.positions(), s.t_hat))
             start = end
 
     def run(self, states: list[MoleculeState], batch_size: int = 128, progress=None, callback=None) -> dict:

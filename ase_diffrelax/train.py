@@ -203,7 +203,8 @@ class Trainer:
             train_sel = np.nonzero(ms.ids % 10 >= 2)[0]
             if self.cfg.max_train_molecules:
                 train_sel = train_sel[: self.cfg.max_train_molecules]
-            val_sel = np.nonzero(ms.ids % 10 == 1)[0][: self.cfg.val_molecules]
+            val_all = np.nonzero(ms.ids % 10 == 1)[0]  # a fixed random sample: QM9 order correlates with size
+            val_sel = np.sort(np.random.default_rng(12345).permutation(val_all)[: self.cfg.val_molecules])
             sub = lambda sel: (ms.subset(sel), None if mm is None else _subset_atoms(ms, mm, sel))
             self.data = TrainingData(*sub(train_sel))
             self.val = TrainingData(*sub(val_sel))

@@ -185,3 +185,23 @@ def test_relax_many_mixed_sizes_and_untouched_inputs(tiny_model):
         np.testing.assert_array_equal(m.positions, c)
         assert len(r.atoms) == len(m) and r.atoms is not m
         assert r.status == "converged" and "diffusion_t" in r.atoms.info
+
+
+def test_cli_relax_batch_with_trajectories(tiny_model, tmp_path):
+    from ase.io import write
+
+    from ase_diffrelax.cli import main
+
+    frames = [noisy("CH4", seed=1), noisy("CH3CH2OH", seed=2), noisy("H2O", seed=3)]
+    write(tmp_path / "in.xyz", frames)
+    rc = main(["relax", str(tmp_path / "in.xyz"), "-o", str(tmp_path / "out.extxyz"), "--model", str(tiny_model.path),
+               "--policy", "fixed", "--t0", "8", "--traj", str(tmp_path / "r.traj"), "--quiet"])
+    assert rc == 0
+    out = read(tmp_path / "out.extxyz", ":")
+    assert [len(a) for a in out] == [5, 9, 3]
+    for k, a in enumerate(frames):
+        traj = read(tmp_path / f"r_{k}.traj", ":")
+        assert len(traj) == 9  # input + 8 steps
+        assert traj[-1].info["diffusion_t"] >= 0
+        np.testing.assert_allclose(traj[0].positions, a.positions, atol=1e-6)
+        np.testing.assert_allclose(traj[-1].positions, out[k].positions, atol=1e-6)
