@@ -9,6 +9,8 @@ Scatter operations use native ``index_add_`` so torch-scatter is never needed.
 from __future__ import annotations
 
 import math
+
+import numpy as np
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -26,6 +28,11 @@ class ModelConfig:
     cutoff: float = 5.0
     elements: tuple = DEFAULT_ELEMENTS
     time_features: int = 16
+    # what the time head regresses: "log_sigma" (log of the per-coordinate noise scale; fine
+    # resolution at the low steps where relaxation ends) or "t_frac" (t/T, as in MoreRed)
+    time_target: str = "log_sigma"
+    schedule_T: int = 1000
+    schedule_s: float = 1e-5
 
     def todict(self) -> dict:
         d = asdict(self)
@@ -149,6 +156,11 @@ class Denoiser(nn.Module):
         self.mixings = nn.ModuleList(PaiNNMixing(F) for _ in range(c.blocks))
         self.norms = nn.ModuleList(nn.LayerNorm(F) for _ in range(c.blocks))
         self.time_head = nn.Sequential(nn.Linear(F, F // 2), nn.SiLU(), nn.Linear(F // 2, 1))
+        from .schedule import NoiseSchedule
+
+        sched = NoiseSchedule(c.schedule_T, c.schedule_s)
+        self.register_buffer("log_sigma_table", torch.tensor(np.log(sched.sigma), dtype=torch.float32),
+                             persistent=False)
         self.noise_in = nn.Linear(F + c.time_features, F)
         self.noise_head = nn.ModuleList(
             [GatedEquivariantBlock(F, F // 2), GatedEquivariantBlock(F // 2, 1, activate=False)]
@@ -175,9 +187,25 @@ class Denoiser(nn.Module):
             v = v / torch.sqrt((v**2).sum(1).mean(-1, keepdim=True) + 1.0).unsqueeze(1)
         return s, v
 
-    def predict_time(self, s, mol, n_mol) -> torch.Tensor:
-        """Predicted t/T per molecule (unclipped)."""
+    def time_output(self, s, mol, n_mol) -> torch.Tensor:
+        """Raw time-head output per molecule, in the units of ``config.time_target``."""
         return scatter_mean(self.time_head(s).squeeze(-1), mol, n_mol)
+
+    def predict_time(self, s, mol, n_mol) -> torch.Tensor:
+        """Predicted t/T per molecule, continuous (clip to [0, 1] before use)."""
+        out = self.time_output(s, mol, n_mol)
+        if self.config.time_target == "t_frac":
+            return out
+        return self.log_sigma_to_t_frac(out)
+
+    def log_sigma_to_t_frac(self, log_sigma: torch.Tensor) -> torch.Tensor:
+        """Invert the schedule: the (interpolated) step whose log sigma_t equals the input, over T."""
+        tab = self.log_sigma_table
+        x = log_sigma.detach().float().clamp(float(tab[0]), float(tab[-1])).contiguous()
+        hi = torch.searchsorted(tab, x).clamp(1, len(tab) - 1)
+        lo = hi - 1
+        frac = (x - tab[lo]) / (tab[hi] - tab[lo]).clamp(min=1e-12)
+        return (lo.float() + frac) / (len(tab) - 1)
 
     def predict_noise(self, s, v, t_frac_atom, mol, n_mol) -> torch.Tensor:
         h = self.noise_in(torch.cat([s, time_embedding(t_frac_atom, self.config.time_features)], -1))

@@ -45,6 +45,18 @@ POLICIES = {
 }
 
 
+def parse_policy(name: str):
+    """A named entry of POLICIES, or an ad-hoc spec such as ``jt:eta=0+stride=0.3+threshold=2``."""
+    if name in POLICIES:
+        return POLICIES[name]
+    policy, _, rest = name.partition(":")
+    opts = {}
+    for item in filter(None, rest.split("+")):
+        k, v = item.split("=")
+        opts[k] = int(v) if k in ("t0", "threshold", "max_steps") else float(v)
+    return policy, opts
+
+
 def pick_test_molecules(n: int, seed: int):
     ms = load_qm9("test")
     order = np.random.default_rng(seed).permutation(len(ms))
@@ -147,7 +159,7 @@ def main(argv=None):
                            "frac_below_0.25A": float(np.mean(np.array(before) < 0.25))},
                  "policies": {}}
         for name in args.policies.split(","):
-            policy, opts = POLICIES[name]
+            policy, opts = parse_policy(name)
             opts = dict(opts)
             t1 = time.perf_counter()
             res = relax_many(starts, model=model, policy=policy, batch_size=args.batch_size, progress=False,
