@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import torch
@@ -17,7 +18,8 @@ from .model import Denoiser, ModelConfig
 from .schedule import NoiseSchedule
 
 CHECKPOINT_DIR = Path(__file__).resolve().parent.parent / "checkpoints"
-PACKAGED_DIR = Path(__file__).resolve().parent / "checkpoints"
+# a wheel install puts checkpoints/ under <prefix>/share (pyproject data-files)
+PACKAGED_DIR = Path(sys.prefix) / "share" / "ase_diffrelax" / "checkpoints"
 REGISTRY = {"qm9-painn128-jt": "qm9-painn128-jt"}
 DEFAULT = "qm9-painn128-jt"
 

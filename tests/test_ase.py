@@ -205,3 +205,19 @@ def test_cli_relax_batch_with_trajectories(tiny_model, tmp_path):
         assert traj[-1].info["diffusion_t"] >= 0
         np.testing.assert_allclose(traj[0].positions, a.positions, atol=1e-6)
         np.testing.assert_allclose(traj[-1].positions, out[k].positions, atol=1e-6)
+
+
+def test_restart_file_continues_the_same_path(tiny_model, tmp_path):
+    start = noisy(seed=11)
+    full = start.copy()
+    DiffusionRelax(full, model=tiny_model, policy="itp", seed=5, logfile=None).run()
+    part = start.copy()
+    opt = DiffusionRelax(part, model=tiny_model, policy="itp", seed=5, logfile=None, restart=str(tmp_path / "r.json"))
+    opt.run(steps=3)
+    assert opt.nsteps == 3
+    resumed = part.copy()
+    opt2 = DiffusionRelax(resumed, model=tiny_model, policy="itp", seed=5, logfile=None,
+                          restart=str(tmp_path / "r.json"))
+    assert opt2.nsteps == 3
+    assert opt2.run()
+    np.testing.assert_allclose(resumed.positions, full.positions, atol=1e-5)

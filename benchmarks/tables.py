@@ -1,0 +1,46 @@
+"""Markdown tables from the benchmark JSON files (so docs quote what was measured, nothing else).
+
+    python benchmarks/tables.py docs/results/relax_quality.json
+    python benchmarks/tables.py docs/results/handoff_xtb.json
+"""
+import json
+import sys
+
+
+def relax_quality(d):
+    print(f"model `{d['model']}` ({d['model_steps']} training steps), {d['split']}, RMSD: {d['rmsd']}\n")
+    for kind, e in d["kinds"].items():
+        st = e["start"]
+        print(f"**{kind}** — n = {e['n']} (skipped {e['skipped']}); start RMSD median {st['rmsd_median']:.3f} A, "
+              f"mean {st['rmsd_mean']:.3f} A\n")
+        print("| policy | median RMSD after [A] | mean RMSD after [A] | median ratio | failures % | "
+              "< 0.05 A | median evals | ms/molecule | not converged |")
+        print("|---|---|---|---|---|---|---|---|---|")
+        for name, s in e["policies"].items():
+            print(f"| {name} | {s['rmsd_after_median']:.3f} | {s['rmsd_after_mean']:.3f} | {s['ratio_median']:.3f} | "
+                  f"{s['failure_pct']:.1f} | {100 * s['frac_after_below_0.05A']:.0f} % | {s['evals_median']:.0f} | "
+                  f"{s['wall_ms_per_molecule']:.1f} | {s['not_converged']} |")
+        print()
+
+
+def handoff(d):
+    s = d["summary"]
+    print(f"level {s['level']}, {s['n_complete']} molecules complete, fmax {s['fmax']} eV/A, "
+          f"model {s.get('model')} ({s.get('model_hash')})\n")
+    print("| start | median steps | mean steps | median start E above min [kcal/mol] | "
+          "median final E above min [kcal/mol] | median RMSD final-ref [A] | median step ratio vs MMFF | not converged |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, r in s["starts"].items():
+        ratio = r.get("step_ratio_vs_mmff_median")
+        print(f"| {name} | {r['steps_median']:.1f} | {r['steps_mean']:.1f} | {r['start_above_min_kcal_median']:.2f} | "
+              f"{r['final_above_min_kcal_median']:.2f} | {r['rmsd_final_ref_median']:.3f} | "
+              f"{'' if ratio is None else f'{ratio:.2f}'} | {r['not_converged']} |")
+    for k in ("diffusion_vs_xtb_preopt_step_ratio_median", "diffusion_wall_vs_xtb_relaxation_median"):
+        if k in s:
+            print(f"\n{k}: {s[k]:.3f}")
+
+
+if __name__ == "__main__":
+    for path in sys.argv[1:]:
+        d = json.load(open(path))
+        (relax_quality if "kinds" in d else handoff)(d)
