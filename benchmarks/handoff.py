@@ -213,11 +213,11 @@ def plots(result: dict, starts: list[str], out_prefix: Path) -> list[str]:
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     others = [s for s in starts if s != "mmff"]
     axes[0].boxplot([[t[s]["steps"] / max(1, t["mmff"]["steps"]) for t in table] for s in others],
-                    labels=others)
+                    tick_labels=others)
     axes[0].axhline(1.0, color="k", lw=0.8, ls="--")
     axes[0].set_ylabel("physics steps / steps from MMFF")
     axes[0].tick_params(axis="x", rotation=30)
-    axes[1].boxplot([[max(t[s]["start_above_min_kcal"], 1e-3) for t in table] for s in starts], labels=starts)
+    axes[1].boxplot([[max(t[s]["start_above_min_kcal"], 1e-3) for t in table] for s in starts], tick_labels=starts)
     axes[1].set_yscale("log")
     axes[1].set_ylabel("start energy above final minimum [kcal/mol]")
     axes[1].tick_params(axis="x", rotation=30)
