@@ -33,15 +33,18 @@ from ase_diffrelax.rdkit_interop import atoms_from_smiles, mmff_from_reference, 
 from ase_diffrelax.rmsd import SymmetricRMSD
 
 POLICIES = {
-    # name: (policy, options)
+    # name: (policy, options); "-ddpm" = the papers' stochastic t -> t-1 steps (eta 1, stride 0)
     "jt": ("jt", {}),
-    "jt-ddpm": ("jt", {"eta": 1.0, "stride": 0.0, "max_steps": 200}),
+    "jt-ddpm": ("jt", {"eta": 1.0, "stride": 0.0, "threshold": 0, "max_steps": 200}),
+    "itp": ("itp", {}),
     "itp-ddpm": ("itp", {"eta": 1.0, "stride": 0.0}),
-    "itp-ddim": ("itp", {"eta": 0.0, "stride": 0.2}),
     "oneshot": ("itp", {"eta": 0.0, "stride": 1.0}),
-    "fixed-20": ("fixed", {"t0": 20, "eta": 1.0}),
-    "fixed-30": ("fixed", {"t0": 30, "eta": 1.0}),
-    "fixed-50": ("fixed", {"t0": 50, "eta": 1.0}),
+    "fixed-20": ("fixed", {"t0": 20}),
+    "fixed-30": ("fixed", {"t0": 30}),
+    "fixed-50": ("fixed", {"t0": 50}),
+    "fixed-20-ddpm": ("fixed", {"t0": 20, "eta": 1.0, "stride": 0.0}),
+    "fixed-30-ddpm": ("fixed", {"t0": 30, "eta": 1.0, "stride": 0.0}),
+    "fixed-50-ddpm": ("fixed", {"t0": 50, "eta": 1.0, "stride": 0.0}),
 }
 
 

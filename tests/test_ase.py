@@ -24,7 +24,7 @@ def noisy(name="CH3CH2OH", sigma=0.05, seed=0):
 def test_is_an_ase_optimizer_and_irun_yields(tiny_model, tmp_path):
     atoms = noisy()
     log = io.StringIO()
-    opt = DiffusionRelax(atoms, model=tiny_model, policy="fixed", t0=10, seed=0, logfile=log,
+    opt = DiffusionRelax(atoms, model=tiny_model, policy="fixed", t0=10, stride=0.0, seed=0, logfile=log,
                          trajectory=str(tmp_path / "r.traj"))
     assert isinstance(opt, Optimizer)
     calls = []
@@ -45,7 +45,7 @@ def test_is_an_ase_optimizer_and_irun_yields(tiny_model, tmp_path):
 
 def test_run_accepts_fmax_and_step_limit(tiny_model):
     atoms = noisy()
-    opt = DiffusionRelax(atoms, model=tiny_model, policy="fixed", t0=50, logfile=None, seed=1)
+    opt = DiffusionRelax(atoms, model=tiny_model, policy="fixed", t0=50, stride=0.0, logfile=None, seed=1)
     assert opt.run(fmax=0.05, steps=5) is False  # step budget ends before the schedule does
     assert opt.nsteps == 5
     assert opt.run(steps=100) is True
@@ -55,15 +55,15 @@ def test_run_accepts_fmax_and_step_limit(tiny_model):
 def test_same_seed_same_coordinates_and_relax_many_agrees(tiny_model):
     start = noisy(seed=3)
     a, b = start.copy(), start.copy()
-    DiffusionRelax(a, model=tiny_model, policy="itp", seed=7, logfile=None).run()
-    DiffusionRelax(b, model=tiny_model, policy="itp", seed=7, logfile=None).run()
+    DiffusionRelax(a, model=tiny_model, policy="itp", seed=7, logfile=None, eta=1.0).run()
+    DiffusionRelax(b, model=tiny_model, policy="itp", seed=7, logfile=None, eta=1.0).run()
     np.testing.assert_array_equal(a.positions, b.positions)
     c = start.copy()
-    DiffusionRelax(c, model=tiny_model, policy="itp", seed=8, logfile=None).run()
+    DiffusionRelax(c, model=tiny_model, policy="itp", seed=8, logfile=None, eta=1.0).run()
     assert np.abs(c.positions - a.positions).max() > 1e-6  # the seed matters (eta = 1)
     # batch adapter, same seed for this molecule (seed + index), other molecules in the batch
     res = relax_many([noisy("CH4"), start.copy(), noisy("H2O")], model=tiny_model, policy="itp", seed=6,
-                     progress=False, batch_size=2)
+                     progress=False, batch_size=2, eta=1.0)
     np.testing.assert_allclose(res[1].atoms.positions, a.positions, atol=2e-4)
 
 
@@ -195,7 +195,7 @@ def test_cli_relax_batch_with_trajectories(tiny_model, tmp_path):
     frames = [noisy("CH4", seed=1), noisy("CH3CH2OH", seed=2), noisy("H2O", seed=3)]
     write(tmp_path / "in.xyz", frames)
     rc = main(["relax", str(tmp_path / "in.xyz"), "-o", str(tmp_path / "out.extxyz"), "--model", str(tiny_model.path),
-               "--policy", "fixed", "--t0", "8", "--traj", str(tmp_path / "r.traj"), "--quiet"])
+               "--policy", "fixed", "--t0", "8", "--stride", "0", "--traj", str(tmp_path / "r.traj"), "--quiet"])
     assert rc == 0
     out = read(tmp_path / "out.extxyz", ":")
     assert [len(a) for a in out] == [5, 9, 3]
@@ -210,13 +210,14 @@ def test_cli_relax_batch_with_trajectories(tiny_model, tmp_path):
 def test_restart_file_continues_the_same_path(tiny_model, tmp_path):
     start = noisy(seed=11)
     full = start.copy()
-    DiffusionRelax(full, model=tiny_model, policy="itp", seed=5, logfile=None).run()
+    DiffusionRelax(full, model=tiny_model, policy="itp", seed=5, logfile=None, eta=1.0).run()
     part = start.copy()
-    opt = DiffusionRelax(part, model=tiny_model, policy="itp", seed=5, logfile=None, restart=str(tmp_path / "r.json"))
+    opt = DiffusionRelax(part, model=tiny_model, policy="itp", seed=5, logfile=None, eta=1.0,
+                         restart=str(tmp_path / "r.json"))
     opt.run(steps=3)
     assert opt.nsteps == 3
     resumed = part.copy()
-    opt2 = DiffusionRelax(resumed, model=tiny_model, policy="itp", seed=5, logfile=None,
+    opt2 = DiffusionRelax(resumed, model=tiny_model, policy="itp", seed=5, logfile=None, eta=1.0,
                           restart=str(tmp_path / "r.json"))
     assert opt2.nsteps == 3
     assert opt2.run()

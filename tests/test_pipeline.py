@@ -47,7 +47,7 @@ def test_pipeline_smiles_to_dft_with_report_and_trajectories(tiny_model, tmp_pat
     from ase_diffrelax.pipeline import run_pipeline
 
     res = run_pipeline("O", stages=["mmff", "diffusion", "dft"], model=tiny_model, policy="fixed", t0=5,
-                       fmax=0.05, traj_prefix=str(tmp_path / "w"),
+                       stride=0.0, fmax=0.05, traj_prefix=str(tmp_path / "w"),
                        physics_params={"basis": "sto-3g", "xc": "b3lyp"})
     names = [s.stage for s in res.stages]
     assert names == ["mmff", "diffusion", "dft"]
