@@ -359,7 +359,8 @@ class Trainer:
             },
             "max_atoms": int(self.data.ms.sizes().max()) if self.data is not None else None,
             "elements_seen": sorted(int(z) for z in np.unique(self.data.ms.numbers)) if self.data is not None else None,
-            "validation": metrics or (self.history[-1] if self.history else {}),
+            "validation": metrics or next((h for h in reversed(self.history) if "val_score" in h), {}),
+            "curriculum": [h for h in self.history if "config_change" in h],
             "units": "positions in Angstrom; sigma_t per coordinate in Angstrom",
         }
 
@@ -438,9 +439,13 @@ def run_training(cfg: TrainConfig, resume: bool = True, progress: bool = True, s
     st, js = trainer.state_paths()
     if resume and trainer.resume():
         saved = json.loads(js.read_text())["config"]
-        for k in ("model", "mmff_fraction", "batch_size"):
+        for k in ("model", "batch_size"):
             if saved[k] != asdict(cfg)[k]:
                 raise ValueError(f"--resume: {k} differs from the run in {cfg.out} ({saved[k]} != {asdict(cfg)[k]})")
+        changed = {k: [saved[k], v] for k, v in asdict(cfg).items() if k in saved and saved[k] != v
+                   and k in ("mmff_fraction", "teacher_forcing", "time_weight", "steps")}
+        if changed:  # a curriculum change: recorded in the history, and so in the model card
+            trainer.history.append({"step": trainer.step, "config_change": changed})
     elif not resume and st.exists():
         raise FileExistsError(f"{cfg.out} already holds a run; pass --resume or choose another --out")
     trainer.train(stop_after_s=stop_after_s)
