@@ -41,6 +41,7 @@ class Policy:
     stride: float = 0.2
     threshold: int = 0
     max_steps: int = 1000
+    t_scale: float = 1.0  # calibration: denoise at t_scale * t_hat (the time head may under-read MMFF noise)
 
     def current_t(self, t_hat: torch.Tensor, t_sched: torch.Tensor, first: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -56,7 +57,7 @@ class Policy:
 
     def todict(self) -> dict:
         return {"name": self.name, "eta": self.eta, "stride": self.stride, "threshold": self.threshold,
-                "max_steps": self.max_steps}
+                "max_steps": self.max_steps, "t_scale": self.t_scale}
 
 
 @dataclass
@@ -207,6 +208,8 @@ class Sampler:
         s_feat, v_feat = net.representation(numbers, x, mol, n_mol, molecule_pairs(mol, n_mol))
         t_hat_frac = net.predict_time(s_feat, mol, n_mol).clamp(0.0, 1.0)
         t_hat = torch.round(t_hat_frac * T).long()
+        if pol.t_scale != 1.0:
+            t_hat = torch.where(t_hat > pol.threshold, torch.round(t_hat * pol.t_scale).long(), t_hat)
         first = torch.tensor([s.steps == 0 for s in active], device=dev)
         t_sched = torch.tensor([max(s.t_sched, 0) for s in active], device=dev)
         t_cur = pol.current_t(t_hat, t_sched, first).clamp(0, T)
