@@ -186,8 +186,9 @@ def mmff_starts(ms: MoleculeSet | None = None, name: str = "qm9_mmff_ref.npz", p
     """
     from .rdkit_interop import mmff_from_reference
 
-    path = cache_dir() / name
-    if ms is None:
+    path = cache_dir() / name if name else None
+    given = ms is not None
+    if not given:
         ms = load_qm9()
         if path.exists():
             with np.load(path, allow_pickle=False) as f:
@@ -205,7 +206,7 @@ def mmff_starts(ms: MoleculeSet | None = None, name: str = "qm9_mmff_ref.npz", p
             out[ms.offsets[i]:ms.offsets[i + 1]] = mmff_from_reference(z, x)
         except ValueError:
             pass
-    if name:
+    if path is not None and not given:
         tmp = Path(str(path) + ".tmp.npz")
         np.savez(tmp, positions=out, ids=ms.ids)
         os.replace(tmp, path)

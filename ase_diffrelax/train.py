@@ -58,6 +58,7 @@ class TrainConfig:
     seed: int = 0
     threads: int = 0
     max_train_molecules: int = 0  # 0 = all of the train split
+    data: str = ""  # ASE-readable file or ASE db of equilibrium structures; "" = QM9
     model: dict = field(default_factory=lambda: ModelConfig().todict())
 
 
@@ -202,8 +203,15 @@ class Trainer:
     # data is loaded lazily so that resume() can check the run before the slow part
     def ensure_data(self):
         if self.data is None:
-            ms = load_qm9()
-            mm = mmff_starts() if self.cfg.mmff_fraction > 0 else None
+            if self.cfg.data:  # the user's own equilibrium structures; same index rule for the split
+                from .data import load_structures
+
+                ms = load_structures(self.cfg.data)
+                ms.ids = np.arange(len(ms), dtype=np.int64) + 1
+                mm = mmff_starts(ms, name="") if self.cfg.mmff_fraction > 0 else None
+            else:
+                ms = load_qm9()
+                mm = mmff_starts() if self.cfg.mmff_fraction > 0 else None
             train_sel = np.nonzero(ms.ids % 10 >= 2)[0]
             if self.cfg.max_train_molecules:
                 train_sel = train_sel[: self.cfg.max_train_molecules]

@@ -88,3 +88,22 @@ def test_tiny_model_relaxes_diffused_molecules(tiny_model):
             assert r.status in ("converged", "max_steps")
         if policy == "fixed":
             assert all(r.steps == 20 for r in res)
+
+
+def test_cli_trains_on_user_structures_and_resumes(tmp_path, capsys):
+    from ase.io import write
+
+    from ase_diffrelax.cli import main
+
+    write(tmp_path / "mine.xyz", small_molecules())
+    args = ["train", "--data", str(tmp_path / "mine.xyz"), "--out", str(tmp_path / "run"), "--steps", "6",
+            "--batch-size", "4", "--features", "16", "--blocks", "1", "--val-every", "3", "--val-molecules", "2",
+            "--no-progress", "--threads", "1"]
+    assert main(args) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["step"] == 6
+    with pytest.raises(FileExistsError):
+        main(args)  # never overwrites a run unless asked to resume
+    assert main(args[:6] + ["12"] + args[7:] + ["--resume"]) == 0
+    m = load_model(tmp_path / "run" / "best")
+    assert m.card["training"]["config"]["data"].endswith("mine.xyz")
+    assert m.card["max_atoms"] == max(len(a) for a in small_molecules())
