@@ -22,6 +22,7 @@ CHECKPOINT_DIR = Path(__file__).resolve().parent.parent / "checkpoints"
 PACKAGED_DIR = Path(sys.prefix) / "share" / "ase_diffrelax" / "checkpoints"
 REGISTRY = {"qm9-painn128-jt": "qm9-painn128-jt"}
 DEFAULT = "qm9-painn128-jt"
+_LOADED: dict = {}
 
 
 def atomic_write_json(path: Path, data: dict) -> None:
@@ -96,12 +97,19 @@ def load_model(name_or_path: str | os.PathLike | None = None, device=None) -> Lo
     if isinstance(name_or_path, LoadedModel):
         return name_or_path.to(device) if device is not None else name_or_path
     base = resolve(name_or_path)
+    from .device import pick_device
+
+    dev = pick_device(device)
+    weights = base.with_suffix(".safetensors")
+    key = (str(base.resolve()), str(dev), weights.stat().st_mtime_ns)
+    if key in _LOADED:  # many DiffusionRelax objects in a loop share one read-only model
+        return _LOADED[key]
     card = json.loads(base.with_suffix(".json").read_text())
     net = Denoiser(ModelConfig.fromdict(card["config"]))
     state = load_file(str(base.with_suffix(".safetensors")))
     net.load_state_dict(state)
     net.eval()
     schedule = NoiseSchedule(**card.get("schedule", {}))
-    from .device import pick_device
-
-    return LoadedModel(net, schedule, card, base).to(pick_device(device))
+    model = LoadedModel(net, schedule, card, base).to(dev)
+    _LOADED[key] = model
+    return model
