@@ -2,7 +2,8 @@
 
 For held-out QM9 test molecules (Index % 10 == 0), the physics relaxation (GFN2-xTB or
 B3LYP/6-31G(2df,p) via PySCF) is started from:
-  mmff              SMILES -> ETKDG -> MMFF94 (atoms mapped onto the reference order)
+  mmff              SMILES (stereo from the reference) -> ETKDG -> MMFF94, mapped onto the
+                    reference atom order
   diffusion         mmff -> DiffusionRelax, default policy
   diffusion-fixed50 mmff -> DiffusionRelax, fixed T0 = 50 (paper 000)
   diffusion-fixed20 mmff -> DiffusionRelax, fixed T0 = 20
@@ -63,12 +64,13 @@ def mmff_start(ms, i, seed):
     from ase import Atoms
 
     from ase_diffrelax.rdkit_interop import atoms_from_smiles
-    from relax_quality import reorder_to_reference
+    from relax_quality import reorder_to_reference, stereo_smiles
 
     z, x = ms.molecule(i)
     t0 = time.perf_counter()
     try:
-        a = atoms_from_smiles(str(ms.smiles[i]), seed=seed)
+        # QM9's SMILES carry no stereo: take it from the reference, as a user's SMILES would
+        a = atoms_from_smiles(stereo_smiles(z, x, str(ms.smiles[i])), seed=seed)
     except ValueError:
         return None, 0.0
     if len(a) != len(z):
@@ -257,7 +259,8 @@ def main(argv=None):
     model = load_model(args.model) if needs_model else None
     mhash = model_hash(model) if needs_model else None
     tag = args.level + ("" if args.level == "xtb" else f"_{args.basis}{'_df' if args.density_fit else ''}")
-    cache_dir = Path(args.cache) / tag.replace("(", "").replace(")", "").replace(",", "")
+    # "stereo": MMFF starts from stereo-complete SMILES (earlier caches used QM9's stereo-free SMILES)
+    cache_dir = Path(args.cache) / ("stereo_" + tag.replace("(", "").replace(")", "").replace(",", ""))
     cache_dir.mkdir(parents=True, exist_ok=True)
     ms, candidates = select_molecules(args.n, args.max_heavy, args.seed)
     rows, done_mols = {}, 0

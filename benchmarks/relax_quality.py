@@ -31,6 +31,7 @@ from ase_diffrelax import load_model, relax_many
 from ase_diffrelax.data import load_qm9
 from ase_diffrelax.rdkit_interop import atoms_from_smiles, mmff_from_reference, mol_from_xyz
 from ase_diffrelax.rmsd import SymmetricRMSD
+from ase_diffrelax.validate import MIN_DISTANCE
 
 POLICIES = {
     # name: (policy, options); "-ddpm" = the papers' stochastic t -> t-1 steps (eta 1, stride 0)
@@ -66,6 +67,22 @@ def pick_test_molecules(n: int, seed: int):
     return ms, order
 
 
+def stereo_smiles(numbers, x_ref, fallback: str) -> str:
+    """SMILES with the reference's stereocentres and double-bond geometry (QM9's SMILES have none).
+
+    Without it ETKDG picks stereoisomers at random and many 'conformers' are mirror images
+    that no rotation aligns with the reference. A user who knows the molecule knows this.
+    """
+    from rdkit import Chem
+
+    try:
+        mol = mol_from_xyz(numbers, x_ref)
+        Chem.AssignStereochemistryFrom3D(mol)
+        return Chem.MolToSmiles(Chem.RemoveHs(mol))
+    except Exception:
+        return fallback
+
+
 def reorder_to_reference(numbers_ref, x_ref, atoms):
     """Map an independently generated conformer onto the reference atom order (graph match)."""
     ref = mol_from_xyz(numbers_ref, x_ref, bond_orders=False)
@@ -91,7 +108,7 @@ def build_starts(kind: str, ms, order, n: int, seed: int):
             if kind == "mmff-ref":
                 y = mmff_from_reference(z, x)
             elif kind == "etkdg-mmff":
-                a = atoms_from_smiles(str(ms.smiles[i]), seed=seed)
+                a = atoms_from_smiles(stereo_smiles(z, x, str(ms.smiles[i])), seed=seed)
                 y = reorder_to_reference(z, x, a) if len(a) == len(z) else None
                 if y is None:
                     skipped += 1
@@ -106,6 +123,10 @@ def build_starts(kind: str, ms, order, n: int, seed: int):
                 eps -= eps.mean(0)
                 xc = x - x.mean(0)
                 y = np.sqrt(schedule.alpha_bar[t]) * xc + schedule.sigma[t] * eps
+                d = np.sqrt(((y[:, None] - y[None]) ** 2).sum(-1)) + 10 * np.eye(len(y))
+                if d.min() < MIN_DISTANCE:  # noise put two atoms on top of each other: not a valid input
+                    skipped += 1
+                    continue
             else:
                 raise ValueError(kind)
         except ValueError:
