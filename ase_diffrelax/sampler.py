@@ -231,7 +231,10 @@ class Sampler:
             s.steps += 1
             s.t_hat = float(t_hat_frac[k]) * T
             s.t_used = int(t_cur[k])
-            if converged[k]:
+            if not (torch.isfinite(x0_hat[start:end]).all() and torch.isfinite(x_new[start:end]).all()):
+                # never hand back NaN/inf: stop here with the last finite positions
+                s.done, s.status = True, "diverged"
+            elif converged[k]:
                 s.done, s.status = True, "converged"
                 if self.final_denoise:
                     s.x0_hat = x0_hat[start:end]

@@ -222,3 +222,20 @@ def test_restart_file_continues_the_same_path(tiny_model, tmp_path):
     assert opt2.nsteps == 3
     assert opt2.run()
     np.testing.assert_allclose(resumed.positions, full.positions, atol=1e-5)
+
+
+def test_diverging_step_never_returns_nan(tiny_model, monkeypatch):
+    """A numerically exploding step stops the molecule with its last finite positions."""
+    from ase_diffrelax.schedule import NoiseSchedule
+
+    real_step = NoiseSchedule.step
+
+    def exploding(self, x_t, t, t_next, eps, eta, noise=None):
+        out = real_step(self, x_t, t, t_next, eps, eta, noise)
+        return out * float("nan") if int(t.max()) < 15 else out
+
+    monkeypatch.setattr(NoiseSchedule, "step", exploding)
+    start = noisy(seed=2)
+    res = relax_many([start], model=tiny_model, policy="fixed", t0=30, stride=0.0, progress=False)
+    assert res[0].status == "diverged"
+    assert np.all(np.isfinite(res[0].atoms.positions))
