@@ -10,14 +10,18 @@ from __future__ import annotations
 import numpy as np
 
 
-def kabsch_rmsd(a: np.ndarray, b: np.ndarray) -> float:
-    """RMSD between two coordinate sets in the same atom order after optimal rotation."""
-    a = a - a.mean(0)
-    b = b - b.mean(0)
+def kabsch_align(mobile: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """Rotate centred ``mobile`` onto centred ``target`` (proper rotation), return it centred."""
+    a = mobile - mobile.mean(0)
+    b = target - target.mean(0)
     u, _, vt = np.linalg.svd(a.T @ b)
     d = np.sign(np.linalg.det(u @ vt))
-    r = u @ np.diag([1.0, 1.0, d]) @ vt
-    return float(np.sqrt(((a @ r - b) ** 2).sum(1).mean()))
+    return a @ (u @ np.diag([1.0, 1.0, d]) @ vt)
+
+
+def kabsch_rmsd(a: np.ndarray, b: np.ndarray) -> float:
+    """RMSD between two coordinate sets in the same atom order after optimal rotation."""
+    return float(np.sqrt(((kabsch_align(a, b) - (b - b.mean(0))) ** 2).sum(1).mean()))
 
 
 class SymmetricRMSD:

@@ -35,6 +35,7 @@ from safetensors.torch import load_file
 from .checkpoint import atomic_save_tensors, atomic_write_json, save_model
 from .data import MoleculeSet, load_qm9, mmff_starts
 from .model import Denoiser, ModelConfig, molecule_pairs, remove_mean
+from .rmsd import kabsch_align
 from .schedule import NoiseSchedule
 
 
@@ -63,15 +64,6 @@ class TrainConfig:
 
 
 # ---------------------------------------------------------------- data
-
-
-def kabsch_align(mobile: np.ndarray, target: np.ndarray) -> np.ndarray:
-    """Rotate centred ``mobile`` onto centred ``target`` (proper rotation), return it centred."""
-    a = mobile - mobile.mean(0)
-    b = target - target.mean(0)
-    u, _, vt = np.linalg.svd(a.T @ b)
-    d = np.sign(np.linalg.det(u @ vt))
-    return a @ (u @ np.diag([1.0, 1.0, d]) @ vt)
 
 
 class TrainingData:
