@@ -16,7 +16,7 @@ class RelaxResult:
     atoms: object  # relaxed ase.Atoms (a copy; the input is untouched)
     steps: int  # model evaluations spent on this molecule
     t_hat: float  # last predicted time step
-    status: str  # "converged" | "max_steps" | "diverged" (non-finite step; last finite positions kept)
+    status: str  # "converged" | "max_steps" | "diverged" (non-finite or exploding step; last sane positions kept)
     topology: dict  # bonds broken / formed, from covalent radii
 
 

@@ -163,6 +163,14 @@ class MoleculeState:
         return x.cpu().numpy()
 
 
+def _sane(x: torch.Tensor, state: MoleculeState) -> bool:
+    """Finite, and no atom farther from the centre than max(50 A, 5x the input's radius)."""
+    if not torch.isfinite(x).all():
+        return False
+    radius = float((state.x_input - state.origin).norm(dim=-1).max())
+    return float(x.norm(dim=-1).max()) <= max(50.0, 5.0 * radius)
+
+
 def new_state(numbers, positions, device, seed=None, fixed=None) -> MoleculeState:
     z = torch.as_tensor(np.asarray(numbers), dtype=torch.long, device=device)
     x = torch.as_tensor(np.asarray(positions, dtype=np.float64), device=device)
@@ -231,8 +239,8 @@ class Sampler:
             s.steps += 1
             s.t_hat = float(t_hat_frac[k]) * T
             s.t_used = int(t_cur[k])
-            if not (torch.isfinite(x0_hat[start:end]).all() and torch.isfinite(x_new[start:end]).all()):
-                # never hand back NaN/inf: stop here with the last finite positions
+            if not (_sane(x0_hat[start:end], s) and _sane(x_new[start:end], s)):
+                # never hand back NaN/inf or exploded coordinates: stop with the last sane positions
                 s.done, s.status = True, "diverged"
             elif converged[k]:
                 s.done, s.status = True, "converged"

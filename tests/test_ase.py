@@ -239,3 +239,8 @@ def test_diverging_step_never_returns_nan(tiny_model, monkeypatch):
     res = relax_many([start], model=tiny_model, policy="fixed", t0=30, stride=0.0, progress=False)
     assert res[0].status == "diverged"
     assert np.all(np.isfinite(res[0].atoms.positions))
+    # finite but exploding (x300 per step, as x0 predictions at t ~ 1000 do): caught before it grows
+    monkeypatch.setattr(NoiseSchedule, "step", lambda self, x_t, *a, **k: real_step(self, x_t, *a, **k) * 300.0)
+    res = relax_many([start], model=tiny_model, policy="fixed", t0=30, stride=0.0, progress=False)
+    assert res[0].status == "diverged"
+    assert np.abs(res[0].atoms.positions - start.positions).max() < 5.0
