@@ -149,6 +149,7 @@ class MoleculeState:
     x0_hat: torch.Tensor | None = None
     done: bool = False
     status: str = "running"
+    max_radius: float = 50.0  # divergence bound: max(50 A, 5x the input's radius), set by new_state
     history: list = field(default_factory=list)
 
     def positions(self) -> np.ndarray:
@@ -167,8 +168,7 @@ def _sane(x: torch.Tensor, state: MoleculeState) -> bool:
     """Finite, and no atom farther from the centre than max(50 A, 5x the input's radius)."""
     if not torch.isfinite(x).all():
         return False
-    radius = float((state.x_input - state.origin).norm(dim=-1).max())
-    return float(x.norm(dim=-1).max()) <= max(50.0, 5.0 * radius)
+    return float(x.norm(dim=-1).max()) <= state.max_radius
 
 
 def new_state(numbers, positions, device, seed=None, fixed=None) -> MoleculeState:
@@ -179,7 +179,8 @@ def new_state(numbers, positions, device, seed=None, fixed=None) -> MoleculeStat
     gen.manual_seed(int(seed) if seed is not None else int(torch.randint(0, 2**62, (1,)).item()))
     fixed_t = torch.zeros(len(z), dtype=torch.bool, device=device) if fixed is None else \
         torch.as_tensor(np.asarray(fixed, dtype=bool), device=device)
-    return MoleculeState(z, (x - origin).float(), origin, x, fixed_t, gen)
+    radius = float((x - origin).norm(dim=-1).max())
+    return MoleculeState(z, (x - origin).float(), origin, x, fixed_t, gen, max_radius=max(50.0, 5.0 * radius))
 
 
 # ---------------------------------------------------------------- core
