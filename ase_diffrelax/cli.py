@@ -110,7 +110,7 @@ def main(argv=None) -> int:
     r.add_argument("--eta", type=float, default=None, help="noise per step (1 DDPM, 0 deterministic)")
     r.add_argument("--stride", type=float, default=None, help="fraction of t skipped per step")
     r.add_argument("--max-steps", type=int, default=None)
-    r.add_argument("--batch-size", type=int, default=128)
+    r.add_argument("--batch-size", type=int, default=None, help="molecules in flight (default: 16 on CPU, 256 on GPU)")
     r.add_argument("--device", default=None)
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--traj", default=None, help="trajectory file(s) for ase gui ({i} = frame index)")

@@ -26,7 +26,7 @@ def main(argv=None):
     p.add_argument("--model", default=None)
     p.add_argument("--n", type=int, default=1000)
     p.add_argument("--policy", default="jt")
-    p.add_argument("--batch-sizes", default="32,128,256")
+    p.add_argument("--batch-sizes", default="8,16,32,128")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default="docs/results/batch_speed.json")
     args = p.parse_args(argv)

@@ -33,8 +33,12 @@ STARTS_DFT = ["mmff", "diffusion", "xtb-preopt", "reference"]
 
 
 def model_hash(model) -> str:
-    h = hashlib.sha256(Path(str(model.path) + ".safetensors").read_bytes()).hexdigest()
-    return h[:12]
+    """Weights plus the default policy as the checkpoint calibrates it: either changing re-runs."""
+    from ase_diffrelax.sampler import calibrated, make_policy
+
+    h = hashlib.sha256(Path(str(model.path) + ".safetensors").read_bytes())
+    h.update(json.dumps(calibrated(make_policy("jt"), model).todict(), sort_keys=True).encode())
+    return h.hexdigest()[:12]
 
 
 def select_molecules(n: int, max_heavy: int | None, seed: int):
