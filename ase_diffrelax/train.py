@@ -365,6 +365,22 @@ class Trainer:
         }
 
     def train(self, steps: int | None = None, stop_after_s: float | None = None):
+        """Train to ``steps``; SIGTERM/SIGINT finish the current step and save, so ``kill PID`` loses nothing."""
+        import signal
+        import threading
+
+        stop: list = []
+        saved = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                saved[sig] = signal.signal(sig, lambda *_: stop.append(True))
+        try:
+            return self._train(steps, stop_after_s, stop)
+        finally:
+            for sig, handler in saved.items():
+                signal.signal(sig, handler)
+
+    def _train(self, steps, stop_after_s, stop: list):
         self.ensure_data()
         target = steps or self.cfg.steps
         bar = None
@@ -376,7 +392,7 @@ class Trainer:
         t_start = time.time()
         last_save = time.time()
         running = None
-        while self.step < target:
+        while self.step < target and not stop:
             t0 = time.time()
             ids, mask = self.train_batch_ids()
             loss, _ = self.loss(self.net, self.batch(self.data, ids, mask), self.gen, self.cfg.teacher_forcing)

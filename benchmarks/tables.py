@@ -14,11 +14,13 @@ def relax_quality(d):
         print(f"**{kind}** — n = {e['n']} (skipped {e['skipped']}); start RMSD median {st['rmsd_median']:.3f} A, "
               f"mean {st['rmsd_mean']:.3f} A\n")
         print("| policy | median RMSD after [A] | mean RMSD after [A] | median ratio | failures % | "
-              "< 0.05 A | median evals | ms/molecule | not converged |")
-        print("|---|---|---|---|---|---|---|---|---|")
+              "failures % in basin | < 0.05 A | median evals | ms/molecule | not converged |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
         for name, s in e["policies"].items():
+            ib = s.get("failure_pct_in_basin")
             print(f"| {name} | {s['rmsd_after_median']:.3f} | {s['rmsd_after_mean']:.3f} | {s['ratio_median']:.3f} | "
-                  f"{s['failure_pct']:.1f} | {100 * s['frac_after_below_0.05A']:.0f} % | {s['evals_median']:.0f} | "
+                  f"{s['failure_pct']:.1f} | {'' if ib is None else f'{ib:.1f}'} | "
+                  f"{100 * s['frac_after_below_0.05A']:.0f} % | {s['evals_median']:.0f} | "
                   f"{s['wall_ms_per_molecule']:.1f} | {s['not_converged']} |")
         print()
 

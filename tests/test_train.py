@@ -69,6 +69,24 @@ def test_resume_after_interruption_is_exact(tmp_path):
     assert [h["step"] for h in again.history] == [10, 20]
 
 
+def test_sigterm_stops_after_the_current_step_and_saves(tmp_path):
+    import os
+    import signal
+    import threading
+
+    data = _data()
+    cfg = TrainConfig(out=str(tmp_path / "k"), steps=1_000_000, batch_size=8, val_every=10**9, ckpt_every=10**9,
+                      model=TINY, seed=3)
+    trainer = Trainer(cfg, data, data, progress=False)
+    timer = threading.Timer(1.5, os.kill, (os.getpid(), signal.SIGTERM))
+    timer.start()
+    trainer.train()
+    timer.join()
+    assert 0 < trainer.step < cfg.steps
+    again = Trainer(cfg, data, data, progress=False)
+    assert again.resume() and again.step == trainer.step
+
+
 def test_tiny_model_relaxes_diffused_molecules(tiny_model):
     """End to end: the fixture trained a tiny model in seconds; every policy runs on it."""
     mols = small_molecules()[:6]
