@@ -14,6 +14,7 @@ def _train(args) -> int:
         out=args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr, mmff_fraction=args.mmff_fraction,
         val_every=args.val_every, val_molecules=args.val_molecules, ckpt_every=args.ckpt_every, threads=args.threads, seed=args.seed,
         max_train_molecules=args.max_train_molecules, data=args.data or "",
+        lr_decay_start=args.lr_decay[0], lr_decay_end=args.lr_decay[1],
         model=ModelConfig(features=args.features, blocks=args.blocks).todict(),
     )
     trainer = run_training(cfg, resume=args.resume, progress=not args.no_progress, stop_after_s=args.stop_after)
@@ -95,6 +96,9 @@ def main(argv=None) -> int:
     t.add_argument("--data", default=None, help="train on your own equilibrium structures (ASE file or .db) "
                    "instead of QM9; frame k goes to validation when (k+1) %% 10 == 1, test when == 0")
     t.add_argument("--val-molecules", type=int, default=384)
+    t.add_argument("--lr-decay", type=lambda v: tuple(int(x) for x in v.split(":")), default=(0, 0),
+                   metavar="START:END", help="cosine learning-rate decay from --lr at step START to 1e-5 at END "
+                   "(replaces halving on plateaus; may be set when resuming)")
     t.add_argument("--stop-after", type=float, default=None, help="stop (with a checkpoint) after this many seconds")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     t.add_argument("--no-progress", action="store_true")

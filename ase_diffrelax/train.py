@@ -56,6 +56,10 @@ class TrainConfig:
     ckpt_every: int = 250
     val_molecules: int = 384
     plateau_patience: int = 4
+    # cosine decay of the learning rate from lr (at lr_decay_start) to min_lr (at lr_decay_end);
+    # replaces the plateau halving when set. 0, 0 = off.
+    lr_decay_start: int = 0
+    lr_decay_end: int = 0
     seed: int = 0
     threads: int = 0
     max_train_molecules: int = 0  # 0 = all of the train split
@@ -396,6 +400,9 @@ class Trainer:
             t0 = time.time()
             ids, mask = self.train_batch_ids()
             loss, _ = self.loss(self.net, self.batch(self.data, ids, mask), self.gen, self.cfg.teacher_forcing)
+            if self.cfg.lr_decay_end > self.cfg.lr_decay_start:
+                for g in self.opt.param_groups:
+                    g["lr"] = cosine_lr(self.step, self.cfg)
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(self.net.parameters(), self.cfg.grad_clip)
@@ -422,7 +429,7 @@ class Trainer:
                     save_model(self.out / "best", self.ema, self.schedule, self.card(metrics))
                 else:
                     self.bad_evals += 1
-                    if self.bad_evals >= self.cfg.plateau_patience:
+                    if self.bad_evals >= self.cfg.plateau_patience and not self.cfg.lr_decay_end:
                         for g in self.opt.param_groups:
                             g["lr"] = max(self.cfg.min_lr, g["lr"] * 0.5)
                         self.bad_evals = 0
@@ -446,6 +453,12 @@ class Trainer:
         return self.history
 
 
+def cosine_lr(step: int, cfg: TrainConfig) -> float:
+    a, b = cfg.lr_decay_start, cfg.lr_decay_end
+    frac = min(1.0, max(0.0, (step - a) / (b - a)))
+    return cfg.min_lr + (cfg.lr - cfg.min_lr) * 0.5 * (1.0 + math.cos(math.pi * frac))
+
+
 def _subset_atoms(ms: MoleculeSet, per_atom: np.ndarray, sel: np.ndarray) -> np.ndarray:
     return np.concatenate([per_atom[ms.offsets[i]:ms.offsets[i + 1]] for i in sel])
 
@@ -459,7 +472,8 @@ def run_training(cfg: TrainConfig, resume: bool = True, progress: bool = True, s
             if saved[k] != asdict(cfg)[k]:
                 raise ValueError(f"--resume: {k} differs from the run in {cfg.out} ({saved[k]} != {asdict(cfg)[k]})")
         changed = {k: [saved[k], v] for k, v in asdict(cfg).items() if k in saved and saved[k] != v
-                   and k in ("mmff_fraction", "teacher_forcing", "time_weight", "steps")}
+                   and k in ("mmff_fraction", "teacher_forcing", "time_weight", "steps", "lr",
+                             "lr_decay_start", "lr_decay_end")}
         if changed:  # a curriculum change: recorded in the history, and so in the model card
             trainer.history.append({"step": trainer.step, "config_change": changed})
     elif not resume and st.exists():

@@ -42,7 +42,24 @@ def handoff(d):
             print(f"\n{k}: {s[k]:.3f}")
 
 
+def training_curve(path, every=1000):
+    """The validation history of a run (its log.jsonl), one row per ``every`` steps."""
+    rows = [json.loads(line) for line in open(path) if line.strip()]
+    print("| step | wall [h] | val one-shot ratio (MMFF starts) | one-shot fail | median t_hat (MMFF) | "
+          "time MAE t<50 | noise MSE t<50 | noise MSE t150-400 | lr |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        if "step" not in r or "mmff_oneshot_ratio_median" not in r or r["step"] % every:
+            continue
+        print(f"| {r['step']} | {r['wall_s'] / 3600:.2f} | {r['mmff_oneshot_ratio_median']:.3f} | "
+              f"{100 * r['mmff_oneshot_fail_frac']:.1f} % | {r['mmff_t_hat_median']:.1f} | {r['time_mae_t1-50']:.2f} | "
+              f"{r['noise_mse_t1-50']:.3f} | {r['noise_mse_t150-400']:.3f} | {r['lr']:.1e} |")
+
+
 if __name__ == "__main__":
     for path in sys.argv[1:]:
+        if path.endswith(".jsonl"):
+            training_curve(path)
+            continue
         d = json.load(open(path))
         (relax_quality if "kinds" in d else handoff)(d)

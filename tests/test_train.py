@@ -125,3 +125,17 @@ def test_cli_trains_on_user_structures_and_resumes(tmp_path, capsys):
     m = load_model(tmp_path / "run" / "best")
     assert m.card["training"]["config"]["data"].endswith("mine.xyz")
     assert m.card["max_atoms"] == max(len(a) for a in small_molecules())
+
+
+def test_cosine_lr_decay_reaches_min_lr(tmp_path):
+    from ase_diffrelax.train import cosine_lr
+
+    cfg = TrainConfig(out=str(tmp_path / "c"), steps=12, batch_size=8, val_every=100, ckpt_every=100, model=TINY,
+                      lr=1e-3, min_lr=1e-5, lr_decay_start=2, lr_decay_end=10)
+    assert cosine_lr(0, cfg) == cosine_lr(2, cfg) == 1e-3
+    assert abs(cosine_lr(6, cfg) - (1e-5 + (1e-3 - 1e-5) / 2)) < 1e-12
+    assert cosine_lr(10, cfg) == cosine_lr(50, cfg) == 1e-5
+    data = _data()
+    trainer = Trainer(cfg, data, data, progress=False)
+    trainer.train()
+    assert trainer.opt.param_groups[0]["lr"] == 1e-5
