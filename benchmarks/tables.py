@@ -2,6 +2,8 @@
 
     python benchmarks/tables.py docs/results/relax_quality.json
     python benchmarks/tables.py docs/results/handoff_xtb.json
+    python benchmarks/tables.py runs/qm9-painn128-jt/log.jsonl          # training curve
+    python benchmarks/tables.py --cache benchmarks/cache/stereo_dft_6-31g2dfp_df MODEL_HASH   # partial hand-off
 """
 import json
 import sys
@@ -56,7 +58,33 @@ def training_curve(path, every=1000):
               f"{r['noise_mse_t1-50']:.3f} | {r['noise_mse_t150-400']:.3f} | {r['lr']:.1e} |")
 
 
+def cache_table(cache_dir, model_hash):
+    """Per-molecule physics steps from a hand-off cache folder, finished or not (diffusion starts of
+    one checkpoint only), in the order the molecules were first computed."""
+    import glob
+    import os
+
+    rows = {}
+    for f in sorted(glob.glob(os.path.join(cache_dir, "*.json")), key=os.path.getmtime):
+        name = os.path.basename(f)[:-5]
+        qid, start, *h = name.split("_")
+        if start.startswith("diffusion") and h != [model_hash]:
+            continue
+        d = json.load(open(f))
+        rows.setdefault(qid, {"n_heavy": d["n_heavy"]})[start] = d
+    starts = ["mmff", "xtb-preopt", "diffusion", "reference"]
+    print(f"| QM9 index | heavy atoms | " + " | ".join(starts) + " | diffusion start RMSD to ref [A] |")
+    print("|---|---|" + "---|" * (len(starts) + 1))
+    for qid, r in rows.items():
+        cells = [str(r[s]["physics"]["steps"]) if s in r else "" for s in starts]
+        rmsd = f"{r['diffusion']['rmsd_start_to_reference']:.3f}" if "diffusion" in r else ""
+        print(f"| {qid} | {r['n_heavy']} | " + " | ".join(cells) + f" | {rmsd} |")
+
+
 if __name__ == "__main__":
+    if sys.argv[1] == "--cache":
+        cache_table(sys.argv[2], sys.argv[3])
+        sys.exit()
     for path in sys.argv[1:]:
         if path.endswith(".jsonl"):
             training_curve(path)
