@@ -52,6 +52,13 @@ class Policy:
         """The step to denoise at; ``t_prev`` is the step each molecule denoised at last time."""
         raise NotImplementedError
 
+    def calibrate(self, t_hat: torch.Tensor) -> torch.Tensor:
+        """Integer t_hat lifted by ``t_scale`` (capped at max(t_hat, t_scale_cap)); small t_hat kept."""
+        if self.t_scale == 1.0:
+            return t_hat
+        scaled = torch.minimum(torch.round(t_hat * self.t_scale).long(), torch.clamp(t_hat, min=self.t_scale_cap))
+        return torch.where(t_hat > self.threshold, scaled, t_hat)
+
     def next_t(self, t: torch.Tensor) -> torch.Tensor:
         jump = torch.round(t.double() * (1.0 - self.stride)).long()
         return torch.minimum(t - 1, jump).clamp(min=0)
@@ -249,11 +256,7 @@ class Sampler:
         x = torch.cat([s.x for s in active])
         s_feat, v_feat = net.representation(numbers, x, mol, n_mol, molecule_pairs(mol, n_mol))
         t_hat_frac = net.predict_time(s_feat, mol, n_mol).clamp(0.0, 1.0)
-        t_hat = torch.round(t_hat_frac * T).long()
-        if pol.t_scale != 1.0:
-            scaled = torch.minimum(torch.round(t_hat * pol.t_scale).long(),
-                                   torch.clamp(t_hat, min=pol.t_scale_cap))
-            t_hat = torch.where(t_hat > pol.threshold, scaled, t_hat)
+        t_hat = pol.calibrate(torch.round(t_hat_frac * T).long())
         first = torch.tensor([s.steps == 0 for s in active], device=dev)
         t_sched = torch.tensor([max(s.t_sched, 0) for s in active], device=dev)
         t_prev = torch.tensor([max(s.t_used, 0) for s in active], device=dev)

@@ -471,9 +471,8 @@ def run_training(cfg: TrainConfig, resume: bool = True, progress: bool = True, s
         for k in ("model", "batch_size"):
             if saved[k] != asdict(cfg)[k]:
                 raise ValueError(f"--resume: {k} differs from the run in {cfg.out} ({saved[k]} != {asdict(cfg)[k]})")
-        defaults = asdict(TrainConfig())
-        saved = {**{k: defaults[k] for k in ("lr_decay_start", "lr_decay_end")}, **saved}  # older runs lack them
-        changed = {k: [saved[k], v] for k, v in asdict(cfg).items() if k in saved and saved[k] != v
+        saved = {**asdict(TrainConfig()), **saved}  # options newer than the run count as their defaults
+        changed = {k: [saved[k], v] for k, v in asdict(cfg).items() if saved[k] != v
                    and k in ("mmff_fraction", "teacher_forcing", "time_weight", "steps", "lr",
                              "lr_decay_start", "lr_decay_end")}
         if changed:  # a curriculum change: recorded in the history, and so in the model card

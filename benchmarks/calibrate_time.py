@@ -14,12 +14,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -27,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from relax_quality import build_starts, pick_molecules, summarize  # noqa: E402
 
 from ase_diffrelax import load_model, relax_many  # noqa: E402
+from ase_diffrelax.checkpoint import atomic_write_json  # noqa: E402
 from ase_diffrelax.rmsd import SymmetricRMSD  # noqa: E402
 
 
@@ -70,9 +69,7 @@ def main(argv=None):
     if not args.dry_run:
         card = json.loads(Path(args.card).read_text())
         card["time_calibration"] = cal
-        tmp = args.card + ".tmp"
-        Path(tmp).write_text(json.dumps(card, indent=2))
-        os.replace(tmp, args.card)
+        atomic_write_json(Path(args.card), card)
     return cal
 
 

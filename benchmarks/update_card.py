@@ -3,8 +3,10 @@
     python benchmarks/update_card.py checkpoints/qm9-painn128-jt.json docs/results/relax_quality.json
 """
 import json
-import os
 import sys
+from pathlib import Path
+
+from ase_diffrelax.checkpoint import atomic_write_json
 
 
 def main(card_path, result_path):
@@ -18,10 +20,7 @@ def main(card_path, result_path):
                                       for name, s in e["policies"].items()}}
                   for kind, e in res["kinds"].items()},
     }
-    tmp = card_path + ".tmp"
-    with open(tmp, "w") as fh:
-        json.dump(card, fh, indent=2)
-    os.replace(tmp, card_path)
+    atomic_write_json(Path(card_path), card)
 
 
 if __name__ == "__main__":
