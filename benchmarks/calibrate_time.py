@@ -15,16 +15,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from relax_quality import build_starts, pick_molecules, summarize  # noqa: E402
+from relax_quality import build_starts, measure, pick_molecules  # noqa: E402
 
-from ase_diffrelax import load_model, relax_many  # noqa: E402
+from ase_diffrelax import load_model  # noqa: E402
 from ase_diffrelax.checkpoint import atomic_write_json  # noqa: E402
 from ase_diffrelax.rmsd import SymmetricRMSD  # noqa: E402
 
@@ -49,11 +48,7 @@ def main(argv=None):
     before = [f(a.positions) for f, a in zip(rm, starts)]
     grid = []
     for scale in [float(x) for x in args.scales.split(",")]:
-        t0 = time.perf_counter()
-        res = relax_many(starts, model=model, policy=args.policy, progress=False, seed=args.seed,
-                         t_scale=scale, t_scale_cap=args.cap)
-        after = [f(r.atoms.positions) for f, r in zip(rm, res)]
-        s = summarize(before, after, [r.steps for r in res], time.perf_counter() - t0)
+        s, _, _ = measure(starts, rm, before, model, args.policy, args.seed, t_scale=scale, t_scale_cap=args.cap)
         s["t_scale"] = scale
         grid.append(s)
         print(f"t_scale {scale:4.1f}  ratio {s['ratio_median']:.3f}  fail {s['failure_pct']:.1f}%  "

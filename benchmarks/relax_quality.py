@@ -145,6 +145,14 @@ def build_starts(kind: str, ms, order, n: int, seed: int):
     return starts, refs, skipped, ids
 
 
+def measure(starts, rmsds, before, model, policy, seed=0, batch_size=None, **opts):
+    """Relax ``starts`` with one policy; the summary (vs ``before``) and the per-molecule results."""
+    t0 = time.perf_counter()
+    res = relax_many(starts, model=model, policy=policy, batch_size=batch_size, progress=False, seed=seed, **opts)
+    after = [f(r.atoms.positions) for f, r in zip(rmsds, res)]
+    return summarize(before, after, [r.steps for r in res], time.perf_counter() - t0), res, after
+
+
 def summarize(before, after, steps, wall):
     before, after = np.asarray(before), np.asarray(after)
     ratio = after / before
@@ -198,12 +206,7 @@ def main(argv=None):
         for name in args.policies.split(","):
             policy, opts = parse_policy(name)
             opts = dict(opts)
-            t1 = time.perf_counter()
-            res = relax_many(starts, model=model, policy=policy, batch_size=args.batch_size, progress=False,
-                             seed=args.seed, **opts)
-            wall = time.perf_counter() - t1
-            after = [f(r.atoms.positions) for f, r in zip(rm, res)]
-            s = summarize(before, after, [r.steps for r in res], wall)
+            s, res, after = measure(starts, rm, before, model, policy, args.seed, args.batch_size, **opts)
             s["options"] = calibrated(make_policy(policy, **opts), model).todict()
             s["not_converged"] = int(sum(r.status != "converged" for r in res))
             s["topology_changed_pct"] = float(100 * np.mean([r.topology["changed"] for r in res]))
