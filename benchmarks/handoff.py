@@ -170,7 +170,7 @@ def summarize(rows: dict, starts: list[str], level: str) -> dict:
         }
     base = "mmff"
     for s in starts:
-        if s == base or not table:
+        if s == base or not table or base not in starts:
             continue
         ratio = np.array([t[s]["steps"] / max(1, t[base]["steps"]) for t in table])
         summary["starts"][s]["step_ratio_vs_mmff_median"] = float(np.median(ratio))
@@ -250,6 +250,8 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cache", default=str(HERE / "cache"))
     p.add_argument("--out", default=None, help="JSON (default docs/results/handoff_<level>.json)")
+    p.add_argument("--molecules", default=None,
+                   help="comma list of QM9 indices: only these of the selected set (e.g. to split a run over cores)")
     p.add_argument("--summary-only", action="store_true", help="tabulate what the cache holds, compute nothing")
     args = p.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
@@ -268,6 +270,7 @@ def main(argv=None):
     cache_dir.mkdir(parents=True, exist_ok=True)
     ms, candidates = select_molecules(args.n, args.max_heavy, args.seed)
     rows, done_mols = {}, 0
+    only = {int(q) for q in args.molecules.split(",")} if args.molecules else None
     mmff_cache = {}
     for i in candidates:
         if done_mols >= args.n:
@@ -283,6 +286,9 @@ def main(argv=None):
             continue
         start, wall = mmff_start(ms, i, args.seed)
         if start is None:
+            continue
+        if only is not None and qid not in only:
+            done_mols += 1  # counted, so that --n still means "the first n of the selection"
             continue
         mmff_cache[i] = (start, wall)
         for s in starts:

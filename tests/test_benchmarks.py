@@ -56,3 +56,15 @@ def test_handoff_cache_resume_reproduces_without_recomputing(tiny_set, tiny_mode
     third = handoff_mod.main(argv)
     steps = lambda r: [(t["qm9_index"], {k: v["steps"] for k, v in t.items() if isinstance(v, dict)}) for t in r["table"]]
     assert steps(third) == steps(first)  # same relaxations (only wall times differ when recomputed)
+
+
+def test_handoff_split_by_molecule_and_partial_starts(tiny_set, tmp_path):
+    """--molecules splits a run over cores; a run without the MMFF start still summarises."""
+    import handoff
+
+    argv = ["--level", "xtb", "--n", "2", "--starts", "reference", "--molecules", "20",
+            "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "h.json")]
+    r = handoff.main(argv)
+    assert [t["qm9_index"] for t in r["table"]] == [20]
+    assert sorted(f.name for f in (tmp_path / "cache").rglob("*.json")) == ["20_reference.json"]
+    assert "step_ratio_vs_mmff_median" not in r["summary"]["starts"]["reference"]
