@@ -155,6 +155,8 @@ def summarize(rows: dict, starts: list[str], level: str) -> dict:
                 "rmsd_start_ref": r["rmsd_start_to_reference"], "rmsd_final_ref": r["rmsd_final_to_reference"],
                 "diffusion_wall_s": r["stages"].get("diffusion", {}).get("wall_s"),
                 "diffusion_steps": r["stages"].get("diffusion", {}).get("steps"),
+                # what the start cost before the physics stage (MMFF itself not counted: all starts share it)
+                "pre_stage_wall_s": (r["stages"].get("diffusion") or r["stages"].get("xtb_preopt") or {}).get("wall_s", 0.0),
             }
         table.append(entry)
     summary = {"level": level, "n_complete": len(complete), "starts": {}}
@@ -167,6 +169,10 @@ def summarize(rows: dict, starts: list[str], level: str) -> dict:
             "final_above_min_kcal_median": float(np.median([t[s]["final_above_min_kcal"] for t in table])) if table else None,
             "rmsd_final_ref_median": float(np.median([t[s]["rmsd_final_ref"] for t in table])) if table else None,
             "not_converged": int(sum(not t[s]["converged"] for t in table)),
+            "force_calls_median": float(np.median([t[s]["force_calls"] for t in table])) if table else None,
+            "physics_wall_s_median": float(np.median([t[s]["physics_wall_s"] for t in table])) if table else None,
+            "pre_stage_wall_s_median": float(np.median([t[s]["pre_stage_wall_s"] for t in table])) if table else None,
+            "steps_total": int(sum(t[s]["steps"] for t in table)),
         }
     base = "mmff"
     for s in starts:
