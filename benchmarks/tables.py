@@ -69,12 +69,12 @@ def training_curve(path, every=1000):
 
 def cache_table(cache_dir, model_hash):
     """Per-molecule physics steps from a hand-off cache folder, finished or not (diffusion starts of
-    one checkpoint only), in the order the molecules were first computed."""
+    one checkpoint only), by QM9 index (file times are not kept by git)."""
     import glob
     import os
 
     rows = {}
-    for f in sorted(glob.glob(os.path.join(cache_dir, "*.json")), key=os.path.getmtime):
+    for f in sorted(glob.glob(os.path.join(cache_dir, "*.json")), key=lambda f: int(os.path.basename(f).split("_")[0])):
         name = os.path.basename(f)[:-5]
         qid, start, *h = name.split("_")
         if start.startswith("diffusion") and h != [model_hash]:
