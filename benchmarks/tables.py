@@ -67,6 +67,7 @@ def training_curve(path, every=1000):
                f"{r['lr']:.1e}"]
               for r in rows if "step" in r and "mmff_oneshot_ratio_median" in r and not r["step"] % every])
 
+
 def cache_table(cache_dir, model_hash):
     """Per-molecule physics steps from a hand-off cache folder, finished or not (diffusion starts of
     one checkpoint only), by QM9 index (file times are not kept by git)."""
@@ -86,6 +87,7 @@ def cache_table(cache_dir, model_hash):
              [[qid, r["n_heavy"]] + [r[x]["physics"]["steps"] if x in r else "" for x in starts] +
               [f"{r['diffusion']['rmsd_start_to_reference']:.3f}" if "diffusion" in r else ""]
               for qid, r in rows.items()])
+
 
 if __name__ == "__main__":
     if sys.argv[1] == "--cache":
