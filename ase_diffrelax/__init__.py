@@ -2,15 +2,41 @@
 
     from ase_diffrelax import DiffusionRelax
     DiffusionRelax(atoms).run()          # then hand atoms to BFGS with xTB or DFT
-"""
-from .checkpoint import load_model, save_model
-from .sampler import Sampler, make_policy, AdaptivePolicy, ITPPolicy, FixedPolicy
-from .batch import relax_many, RelaxResult
-from .optimizer import DiffusionRelax, TopologyChangedError
-from .calculator import DiffusionCalculator
-from .validate import InputError
 
-__version__ = "0.1.0"
-__all__ = ["load_model", "save_model", "Sampler", "make_policy", "AdaptivePolicy", "ITPPolicy", "FixedPolicy",
-           "relax_many", "RelaxResult", "DiffusionRelax", "TopologyChangedError", "DiffusionCalculator",
-           "InputError"]
+Names are imported on first use, so ``import ase_diffrelax`` (and ``ase-diffrelax --help``)
+does not load torch.
+"""
+from __future__ import annotations
+
+import importlib
+
+__version__ = "0.2.0"
+
+_EXPORTS = {
+    "DiffusionRelax": "adapters.optimizer",
+    "TopologyChangedError": "adapters.optimizer",
+    "DiffusionCalculator": "adapters.calculator",
+    "relax_many": "adapters.batch",
+    "RelaxResult": "adapters.batch",
+    "load_model": "core.checkpoint",
+    "available_models": "core.checkpoint",
+    "save_model": "core.checkpoint",
+    "Policy": "core.policy",
+    "make_policy": "core.policy",
+    "InputError": "core.validate",
+    "atoms_from_smiles": "chem.rdkit_interop",
+    "run_pipeline": "workflows.pipeline",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'ase_diffrelax' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + __all__)

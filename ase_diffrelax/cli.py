@@ -1,19 +1,56 @@
-"""``ase-diffrelax`` command line: train, relax, benchmark helpers."""
+"""``ase-diffrelax`` command line: relax, pipeline, dataset, train, models.
+
+User errors (unreadable files, structures a checkpoint cannot take, impossible charges,
+missing extras) print one line and exit 2; ``--debug`` shows the traceback instead. Heavy
+imports (torch, RDKit, ASE I/O) happen inside the commands, so ``--help`` is instant.
+"""
 from __future__ import annotations
 
 import argparse
 import json
 import sys
 
+EXIT_BAD_INPUT = 2
+
+
+class UserError(Exception):
+    """A problem with what the user gave us; printed as one line."""
+
+
+def _read_frames(path: str, index: str = ":"):
+    import os
+
+    from ase.io import read
+
+    if not os.path.exists(path):
+        raise UserError(f"{path}: no such file")
+    try:
+        frames = read(path, index=index)
+    except KeyError as exc:
+        raise UserError(f"{path}: unknown element symbol {exc.args[0]!r}") from exc
+    except Exception as exc:  # ASE's readers raise many types for malformed files
+        raise UserError(f"{path}: cannot read it as {os.path.splitext(path)[1] or 'an ASE format'} "
+                        f"({type(exc).__name__}: {exc})") from exc
+    frames = frames if isinstance(frames, list) else [frames]
+    if not frames:
+        raise UserError(f"{path}: no structures found (index {index!r})")
+    return frames
+
+
+def _policy(args):
+    from .core.policy import make_policy
+
+    return make_policy(args.policy, t0=args.t0, eta=args.eta, stride=args.stride, max_steps=args.max_steps)
+
 
 def _train(args) -> int:
-    from .model import ModelConfig
-    from .train import TrainConfig, run_training
+    from .core.model import ModelConfig
+    from .training.trainer import TrainConfig, run_training
 
     cfg = TrainConfig(
         out=args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr, mmff_fraction=args.mmff_fraction,
-        val_every=args.val_every, val_molecules=args.val_molecules, ckpt_every=args.ckpt_every, threads=args.threads, seed=args.seed,
-        max_train_molecules=args.max_train_molecules, data=args.data or "",
+        val_every=args.val_every, val_molecules=args.val_molecules, ckpt_every=args.ckpt_every, threads=args.threads,
+        seed=args.seed, max_train_molecules=args.max_train_molecules, data=args.data or "",
         lr_decay_start=args.lr_decay[0], lr_decay_end=args.lr_decay[1],
         model=ModelConfig(features=args.features, blocks=args.blocks).todict(),
     )
@@ -23,127 +60,207 @@ def _train(args) -> int:
 
 
 def _relax(args) -> int:
-    from ase.io import read, write
+    from ase.io import write
 
-    from .batch import relax_many
+    from .adapters.batch import relax_many
 
-    frames = read(args.input, index=args.index)
-    if not isinstance(frames, list):
-        frames = [frames]
+    frames = _read_frames(args.input, args.index)
     traj = args.traj
     if traj and len(frames) > 1 and "{i}" not in traj:
         stem, dot, ext = traj.rpartition(".")
         traj = f"{stem}_{{i}}.{ext}" if dot else traj + "_{i}"
-    results = relax_many(frames, model=args.model, policy=args.policy, t0=args.t0, batch_size=args.batch_size,
+    results = relax_many(frames, model=args.model, policy=_policy(args), batch_size=args.batch_size,
                          device=args.device, seed=args.seed, progress=not args.quiet, trajectory=traj,
-                         eta=args.eta, stride=args.stride, max_steps=args.max_steps)
+                         on_error="skip" if args.skip_bad else "raise")
     write(args.output, [r.atoms for r in results])
-    n_conv = sum(r.status == "converged" for r in results)
-    n_topo = sum(r.topology["changed"] for r in results)
-    print(f"relaxed {len(results)} structure(s): {n_conv} converged, {n_topo} with a changed bond graph -> {args.output}")
+    counts = {}
+    for r in results:
+        counts[r.status] = counts.get(r.status, 0) + 1
+    n_topo = sum(bool(r.topology.get("changed")) for r in results)
+    summary = ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
+    print(f"relaxed {len(results)} structure(s): {summary}; {n_topo} with a changed bond graph -> {args.output}")
     for k, r in enumerate(results):
-        if r.topology["changed"]:
-            print(f"  structure {k}: bonds broken {r.topology['broken']}, formed {r.topology['formed']}")
+        if r.reason:
+            print(f"  {args.input} frame {k}: {r.status}: {r.reason}")
+        if r.topology.get("changed"):
+            print(f"  {args.input} frame {k}: bonds broken {r.topology['broken']}, formed {r.topology['formed']}")
     return 0
 
 
 def _pipeline(args) -> int:
     import os
 
-    from .pipeline import run_pipeline
+    from .workflows.pipeline import run_pipeline
 
     start = args.start
     if os.path.exists(start):
-        from ase.io import read
-
-        start = read(start)
+        frames = _read_frames(start, args.index)
+        if len(frames) > 1:
+            raise UserError(f"{start}: {len(frames)} frames; the pipeline takes one structure (use --index)")
+        start = frames[0]
     stages = [] if args.skip_mmff else ["mmff"]
     stages += [] if args.skip_diffusion else ["diffusion"]
     stages += [args.to]
     params = {}
     if args.to == "dft":
-        params = {"xc": args.xc, "basis": args.basis, "density_fit": args.density_fit, "charge": args.charge,
-                  "spin": args.spin, "threads": args.threads}
-    result = run_pipeline(start, stages=stages, fmax=args.fmax, max_steps=args.max_steps, model=args.model,
-                          policy=args.policy, seed=args.seed, traj_prefix=args.traj, physics_params=params,
-                          t0=args.t0)
+        params = {"xc": args.xc, "basis": args.basis, "density_fit": args.density_fit, "threads": args.threads}
+    result = run_pipeline(start, stages=stages, fmax=args.fmax, physics_max_steps=args.max_steps, model=args.model,
+                          policy=_policy(args), seed=args.seed, conformer_seed=args.conformer_seed,
+                          charge=args.charge, uhf=args.uhf, strict=args.strict, traj_prefix=args.traj,
+                          physics_params=params, physics_log="-" if args.verbose or args.to == "dft" else None)
     if args.output:
         from ase.io import write
 
         write(args.output, result.atoms)
-    print(json.dumps(result.report(), indent=1, default=str))
+    print(result.table())
+    if args.json:
+        from .files import atomic_write_json
+
+        atomic_write_json(args.json, result.report())
     return 0
 
 
-def main(argv=None) -> int:
+def _dataset(args) -> int:
+    from .training.xtb_dataset import BuildProtocol, assemble, build_dataset, read_smiles_file
+
+    if args.smiles == "moses":
+        from .training.moses import moses_entries
+
+        entries = moses_entries(n_train=args.moses_train, n_val=args.moses_val, n_test=args.moses_test)
+    else:
+        entries = read_smiles_file(args.smiles)
+    protocol = BuildProtocol(optimizer=args.optimizer, etkdg_seed=args.seed)
+    build_dataset(entries, args.out, workers=args.workers, chunk_size=args.chunk_size, protocol=protocol,
+                  max_chunks=args.max_chunks, log=lambda m: print(m, flush=True))
+    if not args.no_assemble:
+        print(json.dumps(assemble(args.out), indent=1))
+    return 0
+
+
+def _models(args) -> int:
+    from .core.checkpoint import available_models
+
+    for name, entry in available_models().items():
+        lo, hi = entry.get("atoms", ["?", "?"])
+        print(f"{name}: {entry.get('level_of_theory')}; elements {' '.join(entry.get('elements', []))}; "
+              f"{lo}-{hi} atoms; charges {entry.get('charges', [0])}")
+    return 0
+
+
+def _add_policy_options(p):
+    p.add_argument("--model", default=None, help="checkpoint name (see 'ase-diffrelax models') or path")
+    p.add_argument("--policy", default="jt", help="jt | itp | fixed, or a spec such as 'fixed:t0=30+eta=1'")
+    p.add_argument("--t0", type=int, default=None, help="start step for --policy fixed (the paper: 50, 30 or 20)")
+    p.add_argument("--eta", type=float, default=None, help="noise per step: 1 = DDPM, 0 = deterministic (default)")
+    p.add_argument("--stride", type=float, default=None, help="fraction of t skipped per step (default 0.2)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the diffusion noise")
+
+
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ase-diffrelax", description="Relax molecules with a diffusion denoiser.")
+    p.add_argument("--debug", action="store_true", help="show the full traceback on errors")
     sub = p.add_subparsers(dest="cmd", required=True)
 
-    t = sub.add_parser("train", help="train a denoiser on QM9 (train split), resumable")
-    t.add_argument("--out", default="runs/qm9-painn128-jt")
-    t.add_argument("--steps", type=int, default=100_000)
-    t.add_argument("--batch-size", type=int, default=64)
-    t.add_argument("--lr", type=float, default=5e-4)
-    t.add_argument("--features", type=int, default=128)
-    t.add_argument("--blocks", type=int, default=3)
+    r = sub.add_parser("relax", help="relax every frame of an ASE-readable file as one batch")
+    r.add_argument("input", help="any ASE-readable file (xyz, extxyz, traj, sdf, ...)")
+    r.add_argument("-o", "--output", required=True, help="any ASE-writable file (format from the extension)")
+    r.add_argument("--index", default=":", help="frames to read (ASE index syntax)")
+    _add_policy_options(r)
+    r.add_argument("--max-steps", type=int, default=None, help="diffusion steps per molecule at most")
+    r.add_argument("--batch-size", type=int, default=None, help="molecules in flight (default: 16 on CPU, 256 on GPU)")
+    r.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
+    r.add_argument("--traj", default=None, help="trajectory file(s) for ase gui ({i} = frame index)")
+    r.add_argument("--skip-bad", action="store_true",
+                   help="write structures the checkpoint cannot take unchanged, status 'rejected', instead of failing")
+    r.add_argument("--quiet", action="store_true", help="no progress bar")
+    r.set_defaults(func=_relax)
+
+    q = sub.add_parser("pipeline", help="MMFF94 -> diffusion -> BFGS(xTB | DFT) on a SMILES or a file ([xtb]/[dft])")
+    q.add_argument("start", help="a SMILES string or an ASE-readable file")
+    q.add_argument("--index", default="-1", help="frame of a multi-frame file")
+    q.add_argument("--to", choices=["xtb", "dft"], default="xtb", help="physics stage: GFN2-xTB (tblite) or PySCF DFT")
+    q.add_argument("--skip-diffusion", action="store_true", help="MMFF94 -> physics only (the baseline)")
+    q.add_argument("--skip-mmff", action="store_true", help="start the chain from the file's geometry")
+    q.add_argument("--strict", action="store_true",
+                   help="fail when the diffusion checkpoint cannot take the molecule (default: skip that stage)")
+    q.add_argument("--fmax", type=float, default=0.03, help="eV/A, BFGS criterion of the physics stage")
+    q.add_argument("--max-steps", type=int, default=500, help="BFGS steps of the physics stage at most")
+    _add_policy_options(q)
+    q.add_argument("--conformer-seed", type=int, default=0, help="ETKDG seed for a SMILES start")
+    q.add_argument("--charge", type=int, default=None, help="total charge (default: from the SMILES or the file)")
+    q.add_argument("--uhf", "--spin", dest="uhf", type=int, default=None,
+                   help="unpaired electrons (default: 0, or 1 for an odd electron count)")
+    q.add_argument("--xc", default="b3lyp", help="DFT functional")
+    q.add_argument("--basis", default="6-31g(2df,p)", help="DFT basis (QM9's level by default)")
+    q.add_argument("--density-fit", action="store_true", help="DFT with density fitting (about 3x faster)")
+    q.add_argument("--threads", type=int, default=None, help="DFT threads")
+    q.add_argument("--traj", default=None, help="prefix for one trajectory per stage (ase gui)")
+    q.add_argument("--verbose", action="store_true", help="log every BFGS step (always on for DFT)")
+    q.add_argument("--json", default=None, help="write the full stage report as JSON to this file")
+    q.add_argument("-o", "--output", default=None, help="final structure with its energy and forces, any ASE format")
+    q.set_defaults(func=_pipeline)
+
+    d = sub.add_parser("dataset", help="build a GFN2-xTB training set from SMILES (ETKDG -> MMFF94 -> xTB), resumable")
+    d.add_argument("smiles", help="a .smi/.csv/.txt file (SMILES first, optional 'train'/'val' second), "
+                   "or 'moses' for the MOSES drug-like selection")
+    d.add_argument("--out", required=True, help="folder for chunks and the assembled dataset.npz")
+    d.add_argument("--workers", type=int, default=1, help="processes, one core each")
+    d.add_argument("--chunk-size", type=int, default=50, help="molecules per atomically written chunk")
+    d.add_argument("--max-chunks", type=int, default=None, help="stop after this many new chunks")
+    d.add_argument("--optimizer", default="auto", choices=["auto", "xtb-program", "tblite-lbfgs"],
+                   help="auto: the xtb program if on PATH, else LBFGS on tblite forces")
+    d.add_argument("--seed", type=int, default=42, help="ETKDG seed")
+    d.add_argument("--moses-train", type=int, default=30000, help="training candidates drawn from MOSES train")
+    d.add_argument("--moses-val", type=int, default=1000, help="validation molecules drawn from MOSES train")
+    d.add_argument("--moses-test", type=int, default=600, help="candidates from each of MOSES test and test_scaffolds")
+    d.add_argument("--no-assemble", action="store_true", help="leave the chunks unjoined")
+    d.set_defaults(func=_dataset)
+
+    t = sub.add_parser("train", help="train a denoiser on QM9 (train split) or your structures, resumable ([train])")
+    t.add_argument("--out", default="runs/qm9-painn128-jt", help="run folder (state, log, best checkpoint)")
+    t.add_argument("--steps", type=int, default=100_000, help="optimizer steps in total")
+    t.add_argument("--batch-size", type=int, default=64, help="molecules per batch")
+    t.add_argument("--lr", type=float, default=5e-4, help="peak learning rate (AdamW)")
+    t.add_argument("--features", type=int, default=128, help="PaiNN feature width")
+    t.add_argument("--blocks", type=int, default=3, help="PaiNN message-passing blocks")
     t.add_argument("--mmff-fraction", type=float, default=0.4,
                    help="fraction of each batch built from MMFF94 starts of training molecules")
-    t.add_argument("--val-every", type=int, default=1000)
-    t.add_argument("--ckpt-every", type=int, default=250)
+    t.add_argument("--val-every", type=int, default=1000, help="steps between validations")
+    t.add_argument("--ckpt-every", type=int, default=250, help="steps between saved training states")
     t.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--max-train-molecules", type=int, default=0)
+    t.add_argument("--seed", type=int, default=0, help="seed of batches, noise and initial weights")
+    t.add_argument("--max-train-molecules", type=int, default=0, help="use only this many training molecules (0 = all)")
     t.add_argument("--data", default=None, help="train on your own equilibrium structures (ASE file or .db) "
                    "instead of QM9; frame k goes to validation when (k+1) %% 10 == 1, test when == 0")
-    t.add_argument("--val-molecules", type=int, default=384)
+    t.add_argument("--val-molecules", type=int, default=384, help="validation molecules per validation")
     t.add_argument("--lr-decay", type=lambda v: tuple(int(x) for x in v.split(":")), default=(0, 0),
                    metavar="START:END", help="cosine learning-rate decay from --lr at step START to 1e-5 at END "
                    "(replaces halving on plateaus; may be set when resuming)")
     t.add_argument("--stop-after", type=float, default=None, help="stop (with a checkpoint) after this many seconds")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    t.add_argument("--no-progress", action="store_true")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.set_defaults(func=_train)
 
-    r = sub.add_parser("relax", help="relax every frame of an ASE-readable file as one batch")
-    r.add_argument("input")
-    r.add_argument("-o", "--output", required=True, help="any ASE-writable file (format from the extension)")
-    r.add_argument("--index", default=":", help="frames to read (ASE index syntax)")
-    r.add_argument("--model", default=None, help="checkpoint name or path (default: shipped)")
-    r.add_argument("--policy", default="jt", choices=["jt", "itp", "fixed"])
-    r.add_argument("--t0", type=int, default=None, help="start step for --policy fixed")
-    r.add_argument("--eta", type=float, default=None, help="noise per step (1 DDPM, 0 deterministic)")
-    r.add_argument("--stride", type=float, default=None, help="fraction of t skipped per step")
-    r.add_argument("--max-steps", type=int, default=None)
-    r.add_argument("--batch-size", type=int, default=None, help="molecules in flight (default: 16 on CPU, 256 on GPU)")
-    r.add_argument("--device", default=None)
-    r.add_argument("--seed", type=int, default=0)
-    r.add_argument("--traj", default=None, help="trajectory file(s) for ase gui ({i} = frame index)")
-    r.add_argument("--quiet", action="store_true")
-    r.set_defaults(func=_relax)
+    m = sub.add_parser("models", help="list the shipped checkpoints with their elements, sizes and level of theory")
+    m.set_defaults(func=_models)
+    return p
 
-    q = sub.add_parser("pipeline", help="MMFF94 -> diffusion -> BFGS(xTB | DFT) on a SMILES or a file")
-    q.add_argument("start", help="a SMILES string or an ASE-readable file")
-    q.add_argument("--to", choices=["xtb", "dft"], default="xtb")
-    q.add_argument("--skip-diffusion", action="store_true")
-    q.add_argument("--skip-mmff", action="store_true", help="start the chain from the file's geometry")
-    q.add_argument("--fmax", type=float, default=0.03, help="eV/A, for the physics stage (paper 000: 0.03)")
-    q.add_argument("--max-steps", type=int, default=500)
-    q.add_argument("--model", default=None)
-    q.add_argument("--policy", default="jt", choices=["jt", "itp", "fixed"])
-    q.add_argument("--t0", type=int, default=None)
-    q.add_argument("--seed", type=int, default=0)
-    q.add_argument("--xc", default="b3lyp")
-    q.add_argument("--basis", default="6-31g(2df,p)")
-    q.add_argument("--density-fit", action="store_true")
-    q.add_argument("--charge", type=int, default=0)
-    q.add_argument("--spin", type=int, default=0)
-    q.add_argument("--threads", type=int, default=None)
-    q.add_argument("--traj", default=None, help="prefix for one trajectory per stage (ase gui)")
-    q.add_argument("-o", "--output", default=None, help="final structure, any ASE format")
-    q.set_defaults(func=_pipeline)
 
-    args = p.parse_args(argv)
-    return args.func(args)
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.debug:
+        return args.func(args)
+    try:
+        return args.func(args)
+    except ImportError as exc:
+        print(f"ase-diffrelax: missing dependency: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except (UserError, ValueError, FileNotFoundError, RuntimeError) as exc:
+        from .core.validate import InputError
+
+        kind = "bad input" if isinstance(exc, (UserError, InputError, ValueError, FileNotFoundError)) else "failed"
+        print(f"ase-diffrelax: {kind}: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT if kind == "bad input" else 1
 
 
 if __name__ == "__main__":

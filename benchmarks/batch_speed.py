@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from pathlib import Path
 
@@ -17,8 +16,8 @@ import torch
 from ase import Atoms
 
 from ase_diffrelax import DiffusionRelax, load_model, relax_many
-from ase_diffrelax.data import load_qm9
-from ase_diffrelax.rdkit_interop import mmff_from_reference
+from ase_diffrelax.chem.rdkit_interop import mmff_from_reference
+from ase_diffrelax.training.data import load_qm9
 
 
 def main(argv=None):

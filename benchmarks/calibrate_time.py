@@ -14,18 +14,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from relax_quality import build_starts, measure, pick_molecules  # noqa: E402
-
-from ase_diffrelax import load_model  # noqa: E402
-from ase_diffrelax.checkpoint import atomic_write_json  # noqa: E402
-from ase_diffrelax.rmsd import SymmetricRMSD  # noqa: E402
+from ase_diffrelax import load_model
+from ase_diffrelax.chem.rmsd import SymmetricRMSD
+from ase_diffrelax.core.policy import make_policy
+from ase_diffrelax.evaluation import build_starts, measure, pick_molecules, policy_from_name
+from ase_diffrelax.files import atomic_write_json
 
 
 def main(argv=None):
@@ -42,13 +39,14 @@ def main(argv=None):
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     model = load_model(args.card.removesuffix(".json"))
-    ms, order = pick_molecules(args.n, args.seed, "val")
+    ms, order = pick_molecules(args.seed, "val")
     starts, refs, skipped, _ = build_starts("mmff-ref", ms, order, args.n, args.seed)
     rm = [SymmetricRMSD(z, x) for z, x in refs]
     before = [f(a.positions) for f, a in zip(rm, starts)]
     grid = []
     for scale in [float(x) for x in args.scales.split(",")]:
-        s, _, _ = measure(starts, rm, before, model, args.policy, args.seed, t_scale=scale, t_scale_cap=args.cap)
+        policy = policy_from_name(args.policy)
+        s, _, _ = measure(starts, rm, before, model, make_policy(policy, t_scale=scale, t_scale_cap=args.cap), args.seed)
         s["t_scale"] = scale
         grid.append(s)
         print(f"t_scale {scale:4.1f}  ratio {s['ratio_median']:.3f}  fail {s['failure_pct']:.1f}%  "

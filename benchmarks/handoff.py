@@ -9,9 +9,10 @@ B3LYP/6-31G(2df,p) via PySCF) is started from:
   diffusion-fixed20 mmff -> DiffusionRelax, fixed T0 = 20
   xtb-preopt        mmff -> GFN2-xTB BFGS (the cheap physical peer; for --level dft)
   reference         the QM9 B3LYP geometry
-Every finished relaxation is cached as one JSON file under benchmarks/cache/<level>/, keyed
-by molecule, start and (for diffusion starts) the checkpoint's hash, so the run resumes
-after interruption and re-running with the cache present recomputes nothing.
+Every finished relaxation is appended as one JSON line to benchmarks/cache/<level>.jsonl,
+keyed by molecule, start and (for diffusion starts) the checkpoint's hash, so the run resumes
+after interruption, several processes can share the file, and re-running with the cache
+present recomputes nothing.
 
     python benchmarks/handoff.py --level xtb --n 200
     nohup python benchmarks/handoff.py --level dft --n 12 --max-heavy 6 --density-fit &
@@ -19,7 +20,6 @@ after interruption and re-running with the cache present recomputes nothing.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import time
@@ -27,22 +27,16 @@ from pathlib import Path
 
 import numpy as np
 
+from ase_diffrelax.evaluation import model_hash
+from ase_diffrelax.files import JsonlStore, atomic_write_json
+
 HERE = Path(__file__).resolve().parent
 STARTS_XTB = ["mmff", "diffusion", "diffusion-fixed50", "diffusion-fixed20", "reference"]
 STARTS_DFT = ["mmff", "diffusion", "xtb-preopt", "reference"]
 
 
-def model_hash(model) -> str:
-    """Weights plus the default policy as the checkpoint calibrates it: either changing re-runs."""
-    from ase_diffrelax.sampler import calibrated, make_policy
-
-    h = hashlib.sha256(Path(str(model.path) + ".safetensors").read_bytes())
-    h.update(json.dumps(calibrated(make_policy("jt"), model).todict(), sort_keys=True).encode())
-    return h.hexdigest()[:12]
-
-
 def select_molecules(n: int, max_heavy: int | None, seed: int):
-    from ase_diffrelax.data import load_qm9
+    from ase_diffrelax.training.data import load_qm9
 
     ms = load_qm9("test")
     order = np.random.default_rng(seed).permutation(len(ms))
@@ -57,18 +51,12 @@ def select_molecules(n: int, max_heavy: int | None, seed: int):
     return ms, picked
 
 
-def atomic_json(path: Path, data) -> None:
-    tmp = Path(str(path) + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=float))
-    os.replace(tmp, path)
-
-
 def mmff_start(ms, i, seed):
     """ETKDG + MMFF94 from the QM9 SMILES, in the reference atom order (None if unmappable)."""
     from ase import Atoms
 
-    from ase_diffrelax.rdkit_interop import atoms_from_smiles
-    from relax_quality import reorder_to_reference, stereo_smiles
+    from ase_diffrelax.chem.mapping import reorder_to_reference, stereo_smiles
+    from ase_diffrelax.chem.rdkit_interop import atoms_from_smiles
 
     z, x = ms.molecule(i)
     t0 = time.perf_counter()
@@ -91,17 +79,21 @@ def physics_params(args):
     return {"xc": "b3lyp", "basis": args.basis, "density_fit": args.density_fit, "threads": args.threads}
 
 
-def run_one(args, ms, i, start_name, model, mhash, cache_dir, mmff_cache):
+def cache_key(qid: int, start_name: str, mhash: str | None) -> str:
+    return f"{qid}_{start_name}" + (f"_{mhash}" if start_name.startswith("diffusion") else "")
+
+
+def run_one(args, ms, i, start_name, model, mhash, cache: JsonlStore, mmff_cache):
     from ase import Atoms
 
-    from ase_diffrelax.pipeline import diffusion_stage, physics_stage
-    from ase_diffrelax.rmsd import SymmetricRMSD
+    from ase_diffrelax.chem.rmsd import SymmetricRMSD
+    from ase_diffrelax.workflows.pipeline import diffusion_stage, physics_stage
 
     qid = int(ms.ids[i])
-    key = f"{qid}_{start_name}" + (f"_{mhash}" if start_name.startswith("diffusion") else "")
-    path = cache_dir / f"{key}.json"
-    if path.exists():
-        return json.loads(path.read_text())
+    key = cache_key(qid, start_name, mhash)
+    cache.reload()  # another process may have finished it
+    if key in cache:
+        return {k: v for k, v in cache.get(key).items() if k != "key"}
     z, x_ref = ms.molecule(i)
     stages = {}
     if start_name == "reference":
@@ -110,10 +102,10 @@ def run_one(args, ms, i, start_name, model, mhash, cache_dir, mmff_cache):
         start, mmff_s = mmff_cache[i]
         stages["mmff_wall_s"] = mmff_s
         if start_name.startswith("diffusion"):
-            kw = {"policy": "jt"}
+            policy = "jt"
             if start_name.startswith("diffusion-fixed"):
-                kw = {"policy": "fixed", "t0": int(start_name.removeprefix("diffusion-fixed"))}
-            start, rep = diffusion_stage(start, model=model, seed=0, **kw)
+                policy = f"fixed:t0={int(start_name.removeprefix('diffusion-fixed'))}"
+            start, rep = diffusion_stage(start, model=model, seed=0, policy=policy)
             stages["diffusion"] = {"wall_s": rep.wall_s, "steps": rep.steps, "t_hat": rep.extra["t_hat"],
                                    "topology_changed": rep.topology["changed"]}
         elif start_name == "xtb-preopt":
@@ -133,7 +125,7 @@ def run_one(args, ms, i, start_name, model, mhash, cache_dir, mmff_cache):
         "rmsd_start_to_reference": rmsd(start.positions), "rmsd_final_to_reference": rmsd(final.positions),
         "final_positions": final.positions.tolist(),
     }
-    atomic_json(path, result)
+    cache.add(key, result)
     return result
 
 
@@ -272,8 +264,8 @@ def main(argv=None):
     mhash = model_hash(model) if needs_model else None
     tag = args.level + ("" if args.level == "xtb" else f"_{args.basis}{'_df' if args.density_fit else ''}")
     # "stereo": MMFF starts from stereo-complete SMILES (earlier caches used QM9's stereo-free SMILES)
-    cache_dir = Path(args.cache) / ("stereo_" + tag.replace("(", "").replace(")", "").replace(",", ""))
-    cache_dir.mkdir(parents=True, exist_ok=True)
+    cache = JsonlStore(Path(args.cache) / ("stereo_" + tag.replace("(", "").replace(")", "").replace(",", "")
+                                           + ".jsonl"))
     ms, candidates = select_molecules(args.n, args.max_heavy, args.seed)
     rows, done_mols = {}, 0
     only = {int(q) for q in args.molecules.split(",")} if args.molecules else None
@@ -284,10 +276,9 @@ def main(argv=None):
         qid = int(ms.ids[i])
         if args.summary_only:
             for s in starts:
-                key = f"{qid}_{s}" + (f"_{mhash}" if s.startswith("diffusion") else "")
-                f = cache_dir / f"{key}.json"
-                if f.exists():
-                    rows[(qid, s)] = json.loads(f.read_text())
+                key = cache_key(qid, s, mhash)
+                if key in cache:
+                    rows[(qid, s)] = {k: v for k, v in cache.get(key).items() if k != "key"}
             done_mols += all((qid, s) in rows for s in starts)
             continue
         start, wall = mmff_start(ms, i, args.seed)
@@ -298,7 +289,7 @@ def main(argv=None):
             continue
         mmff_cache[i] = (start, wall)
         for s in starts:
-            r = run_one(args, ms, i, s, model, mhash, cache_dir, mmff_cache)
+            r = run_one(args, ms, i, s, model, mhash, cache, mmff_cache)
             rows[(qid, s)] = r
         done_mols += 1
         mmff_cache.pop(i)
@@ -313,13 +304,10 @@ def main(argv=None):
     out = Path(args.out or HERE.parent / "docs" / "results" / f"handoff_{tag.split('_')[0]}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     result["plots"] = plots(result, starts, out.with_suffix("")) if {"mmff", "diffusion"} <= set(starts) else []
-    atomic_json(out, result)
+    atomic_write_json(out, result, indent=1)
     print(json.dumps(result["summary"], indent=1))
     return result
 
 
 if __name__ == "__main__":
-    import sys
-
-    sys.path.insert(0, str(HERE))
     main()

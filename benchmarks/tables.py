@@ -3,7 +3,7 @@
     python benchmarks/tables.py docs/results/relax_quality.json
     python benchmarks/tables.py docs/results/handoff_xtb.json
     python benchmarks/tables.py runs/qm9-painn128-jt/log.jsonl          # training curve
-    python benchmarks/tables.py --cache benchmarks/cache/stereo_dft_6-31g2dfp_df MODEL_HASH   # partial hand-off
+    python benchmarks/tables.py --cache benchmarks/cache/stereo_dft_6-31g2dfp_df.jsonl MODEL_HASH   # partial hand-off
 """
 import json
 import sys
@@ -68,19 +68,17 @@ def training_curve(path, every=1000):
               for r in rows if "step" in r and "mmff_oneshot_ratio_median" in r and not r["step"] % every])
 
 
-def cache_table(cache_dir, model_hash):
-    """Per-molecule physics steps from a hand-off cache folder, finished or not (diffusion starts of
-    one checkpoint only), by QM9 index (file times are not kept by git)."""
-    import glob
-    import os
+def cache_table(cache_file, model_hash):
+    """Per-molecule physics steps from a hand-off cache (JSON lines), finished or not (diffusion
+    starts of one checkpoint only), by QM9 index."""
+    from ase_diffrelax.files import read_jsonl
 
     rows = {}
-    for f in sorted(glob.glob(os.path.join(cache_dir, "*.json")), key=lambda f: int(os.path.basename(f).split("_")[0])):
-        name = os.path.basename(f)[:-5]
-        qid, start, *h = name.split("_")
+    records = sorted(read_jsonl(cache_file), key=lambda r: r["key"])
+    for d in sorted(records, key=lambda r: int(r["key"].split("_")[0])):
+        qid, start, *h = d["key"].split("_")
         if start.startswith("diffusion") and h != [model_hash]:
             continue
-        d = json.load(open(f))
         rows.setdefault(qid, {"n_heavy": d["n_heavy"]})[start] = d
     starts = ["mmff", "xtb-preopt", "diffusion", "reference"]
     md_table(["QM9 index", "heavy atoms"] + starts + ["diffusion start RMSD to ref [A]"],

@@ -6,7 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-from ase_diffrelax.checkpoint import atomic_write_json
+from ase_diffrelax.files import atomic_write_json
 
 
 def main(card_path, result_path):

@@ -13,7 +13,7 @@ import json
 
 from ase.io import write
 
-from ase_diffrelax.pipeline import run_pipeline
+from ase_diffrelax.workflows.pipeline import run_pipeline
 
 p = argparse.ArgumentParser()
 p.add_argument("smiles", nargs="?", default="OCC#N")

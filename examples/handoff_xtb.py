@@ -5,7 +5,7 @@
 import json
 import sys
 
-from ase_diffrelax.pipeline import run_pipeline
+from ase_diffrelax.workflows.pipeline import run_pipeline
 
 smiles = sys.argv[1] if len(sys.argv) > 1 else "CC(O)C#N"
 res = run_pipeline(smiles, stages=["mmff", "diffusion", "xtb"], traj_prefix="handoff")

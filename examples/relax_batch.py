@@ -8,7 +8,7 @@ import sys
 from ase.io import read, write
 
 from ase_diffrelax import relax_many
-from ase_diffrelax.rdkit_interop import atoms_from_smiles
+from ase_diffrelax.chem.rdkit_interop import atoms_from_smiles
 
 if len(sys.argv) > 1:
     frames = read(sys.argv[1], ":")

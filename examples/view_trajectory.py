@@ -11,7 +11,7 @@ import sys
 from ase.io import read
 
 from ase_diffrelax import DiffusionRelax
-from ase_diffrelax.rdkit_interop import atoms_from_smiles
+from ase_diffrelax.chem.rdkit_interop import atoms_from_smiles
 
 atoms = atoms_from_smiles("OCC(N)C=O")
 DiffusionRelax(atoms, trajectory="relax.traj", seed=0, logfile=None).run()

@@ -23,9 +23,9 @@ def small_molecules():
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory):
-    from ase_diffrelax.data import MoleculeSet
-    from ase_diffrelax.rdkit_interop import mmff_from_reference
-    from ase_diffrelax.train import TrainConfig, Trainer, TrainingData
+    from ase_diffrelax.chem.rdkit_interop import mmff_from_reference
+    from ase_diffrelax.training.data import MoleculeSet
+    from ase_diffrelax.training.trainer import TrainConfig, Trainer, TrainingData
 
     mols = small_molecules()
     ms = MoleculeSet.from_atoms_list(mols)

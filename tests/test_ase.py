@@ -12,7 +12,6 @@ from ase.optimize.optimize import Optimizer
 from scipy.spatial.transform import Rotation
 
 from ase_diffrelax import DiffusionCalculator, DiffusionRelax, InputError, relax_many
-from ase_diffrelax.rmsd import kabsch_rmsd
 
 
 def noisy(name="CH3CH2OH", sigma=0.05, seed=0):
@@ -24,7 +23,7 @@ def noisy(name="CH3CH2OH", sigma=0.05, seed=0):
 def test_is_an_ase_optimizer_and_irun_yields(tiny_model, tmp_path):
     atoms = noisy()
     log = io.StringIO()
-    opt = DiffusionRelax(atoms, model=tiny_model, policy="fixed", t0=10, stride=0.0, seed=0, logfile=log,
+    opt = DiffusionRelax(atoms, model=tiny_model, policy="fixed:t0=10+stride=0", seed=0, logfile=log,
                          trajectory=str(tmp_path / "r.traj"))
     assert isinstance(opt, Optimizer)
     calls = []
@@ -45,7 +44,7 @@ def test_is_an_ase_optimizer_and_irun_yields(tiny_model, tmp_path):
 
 def test_run_accepts_fmax_and_step_limit(tiny_model):
     atoms = noisy()
-    opt = DiffusionRelax(atoms, model=tiny_model, policy="fixed", t0=50, stride=0.0, logfile=None, seed=1)
+    opt = DiffusionRelax(atoms, model=tiny_model, policy="fixed:t0=50+stride=0", logfile=None, seed=1)
     assert opt.run(fmax=0.05, steps=5) is False  # step budget ends before the schedule does
     assert opt.nsteps == 5
     assert opt.run(steps=100) is True
@@ -55,15 +54,15 @@ def test_run_accepts_fmax_and_step_limit(tiny_model):
 def test_same_seed_same_coordinates_and_relax_many_agrees(tiny_model):
     start = noisy(seed=3)
     a, b = start.copy(), start.copy()
-    DiffusionRelax(a, model=tiny_model, policy="itp", seed=7, logfile=None, eta=1.0).run()
-    DiffusionRelax(b, model=tiny_model, policy="itp", seed=7, logfile=None, eta=1.0).run()
+    DiffusionRelax(a, model=tiny_model, policy="itp:eta=1", seed=7, logfile=None).run()
+    DiffusionRelax(b, model=tiny_model, policy="itp:eta=1", seed=7, logfile=None).run()
     np.testing.assert_array_equal(a.positions, b.positions)
     c = start.copy()
-    DiffusionRelax(c, model=tiny_model, policy="itp", seed=8, logfile=None, eta=1.0).run()
+    DiffusionRelax(c, model=tiny_model, policy="itp:eta=1", seed=8, logfile=None).run()
     assert np.abs(c.positions - a.positions).max() > 1e-6  # the seed matters (eta = 1)
     # batch adapter, same seed for this molecule (seed + index), other molecules in the batch
-    res = relax_many([noisy("CH4"), start.copy(), noisy("H2O")], model=tiny_model, policy="itp", seed=6,
-                     progress=False, batch_size=2, eta=1.0)
+    res = relax_many([noisy("CH4"), start.copy(), noisy("H2O")], model=tiny_model, policy="itp:eta=1", seed=6,
+                     progress=False, batch_size=2)
     np.testing.assert_allclose(res[1].atoms.positions, a.positions, atol=2e-4)
 
 
@@ -73,7 +72,7 @@ def test_rotation_and_translation_of_input_carry_to_output(tiny_model):
     moved = start.copy()
     moved.positions = start.positions @ R.T + np.array([5.0, -2.0, 1.0])
     a, b = start.copy(), moved.copy()
-    kw = dict(model=tiny_model, policy="itp", eta=0.0, stride=0.2, logfile=None)
+    kw = dict(model=tiny_model, policy="itp:eta=0+stride=0.2", logfile=None)
     DiffusionRelax(a, **kw).run()
     DiffusionRelax(b, **kw).run()
     np.testing.assert_allclose(b.positions, a.positions @ R.T + np.array([5.0, -2.0, 1.0]), atol=2e-4)
@@ -83,10 +82,10 @@ def test_fixed_atoms_do_not_move(tiny_model):
     atoms = noisy(seed=5)
     atoms.set_constraint(FixAtoms(indices=[0, 3]))
     before = atoms.positions.copy()
-    DiffusionRelax(atoms, model=tiny_model, policy="fixed", t0=30, seed=0, logfile=None).run()
+    DiffusionRelax(atoms, model=tiny_model, policy="fixed:t0=30", seed=0, logfile=None).run()
     np.testing.assert_allclose(atoms.positions[[0, 3]], before[[0, 3]], atol=1e-12)
     assert np.abs(atoms.positions - before).max() > 1e-3  # the others did move
-    res = relax_many([atoms], model=tiny_model, policy="fixed", t0=30, progress=False)
+    res = relax_many([atoms], model=tiny_model, policy="fixed:t0=30", progress=False)
     np.testing.assert_allclose(res[0].atoms.positions[[0, 3]], atoms.positions[[0, 3]], atol=1e-12)
 
 
@@ -97,7 +96,7 @@ def test_topology_guard(tiny_model):
     atoms_far = atoms.copy()
     atoms_far.positions[o] += 0.9 * (atoms.positions[o] - atoms.positions[0]) / np.linalg.norm(
         atoms.positions[o] - atoms.positions[0])
-    from ase_diffrelax.topology import topology_change
+    from ase_diffrelax.chem.topology import topology_change
 
     change = topology_change(atoms.numbers, atoms.positions, atoms_far.positions)
     assert change["changed"] and change["broken"]
@@ -105,7 +104,7 @@ def test_topology_guard(tiny_model):
     # stretched structure and restoring bonds (the tiny model pulls toward equilibrium, or not);
     # force the situation deterministically with a custom input comparison
     a = atoms.copy()
-    opt = DiffusionRelax(a, model=tiny_model, policy="fixed", t0=5, logfile=None, on_topology_change="raise")
+    opt = DiffusionRelax(a, model=tiny_model, policy="fixed:t0=5", logfile=None, on_topology_change="raise")
     opt.input_positions = atoms_far.positions.copy()  # pretend the input had the broken bond
     from ase_diffrelax import TopologyChangedError
 
@@ -113,7 +112,7 @@ def test_topology_guard(tiny_model):
         opt.run()
     np.testing.assert_allclose(a.positions, atoms_far.positions)  # input restored
     b = atoms.copy()
-    opt = DiffusionRelax(b, model=tiny_model, policy="fixed", t0=5, logfile=None, on_topology_change="revert")
+    opt = DiffusionRelax(b, model=tiny_model, policy="fixed:t0=5", logfile=None, on_topology_change="revert")
     opt.input_positions = atoms_far.positions.copy()
     with pytest.warns(UserWarning, match="bond graph"):
         opt.run()
@@ -128,6 +127,10 @@ def test_topology_guard(tiny_model):
         (lambda: Atoms("CO", positions=[[0, 0, 0], [np.nan, 0, 0]]), "NaN"),
         (lambda: Atoms("CO", positions=[[0, 0, 0], [0.1, 0, 0]]), "overlap"),
         (lambda: Atoms("C", positions=[[0, 0, 0]]), "at least 2 atoms"),
+        (lambda: Atoms("H2", positions=[[0, 0, 0], [0.74, 0, 0]]), "fewer than the smallest training molecule"),
+        (lambda: Atoms("CH4O", positions=np.vstack([molecule("CH4").positions, [[9.0, 0, 0]]])), "no neighbour"),
+        (lambda: Atoms("OH2", positions=molecule("H2O").positions, info={"charge": 1}), "charge \\+1"),
+        (lambda: Atoms("CH3", positions=molecule("CH4").positions[:4]), "unpaired electron"),
     ],
 )
 def test_bad_input_clear_errors_and_input_untouched(tiny_model, make, message):
@@ -143,10 +146,9 @@ def test_bad_input_clear_errors_and_input_untouched(tiny_model, make, message):
 def test_empty_batch_and_large_molecule_warning(tiny_model):
     with pytest.raises(InputError, match="empty batch"):
         relax_many([], model=tiny_model)
-    big = Atoms("C60", positions=np.random.default_rng(0).uniform(0, 12, (60, 3)))
-    big.positions[:, 0] += np.arange(60) * 2.0  # spread out so no overlap
+    big = Atoms("C60", positions=np.c_[np.arange(60) * 1.5, np.zeros(60), np.zeros(60)])  # a carbon wire
     with pytest.warns(UserWarning, match="far more than the largest training molecule"):
-        relax_many([big], model=tiny_model, policy="fixed", t0=2, progress=False)
+        relax_many([big], model=tiny_model, policy="fixed:t0=2", progress=False)
 
 
 def test_calculator_pseudo_forces_under_bfgs_and_fire(tiny_model):
@@ -210,14 +212,14 @@ def test_cli_relax_batch_with_trajectories(tiny_model, tmp_path):
 def test_restart_file_continues_the_same_path(tiny_model, tmp_path):
     start = noisy(seed=11)
     full = start.copy()
-    DiffusionRelax(full, model=tiny_model, policy="itp", seed=5, logfile=None, eta=1.0).run()
+    DiffusionRelax(full, model=tiny_model, policy="itp:eta=1", seed=5, logfile=None).run()
     part = start.copy()
-    opt = DiffusionRelax(part, model=tiny_model, policy="itp", seed=5, logfile=None, eta=1.0,
+    opt = DiffusionRelax(part, model=tiny_model, policy="itp:eta=1", seed=5, logfile=None,
                          restart=str(tmp_path / "r.json"))
     opt.run(steps=3)
     assert opt.nsteps == 3
     resumed = part.copy()
-    opt2 = DiffusionRelax(resumed, model=tiny_model, policy="itp", seed=5, logfile=None, eta=1.0,
+    opt2 = DiffusionRelax(resumed, model=tiny_model, policy="itp:eta=1", seed=5, logfile=None,
                           restart=str(tmp_path / "r.json"))
     assert opt2.nsteps == 3
     assert opt2.run()
@@ -226,7 +228,7 @@ def test_restart_file_continues_the_same_path(tiny_model, tmp_path):
 
 def test_diverging_step_never_returns_nan(tiny_model, monkeypatch):
     """A numerically exploding step stops the molecule with its last finite positions."""
-    from ase_diffrelax.schedule import NoiseSchedule
+    from ase_diffrelax.core.schedule import NoiseSchedule
 
     real_step = NoiseSchedule.step
 
@@ -236,11 +238,36 @@ def test_diverging_step_never_returns_nan(tiny_model, monkeypatch):
 
     monkeypatch.setattr(NoiseSchedule, "step", exploding)
     start = noisy(seed=2)
-    res = relax_many([start], model=tiny_model, policy="fixed", t0=30, stride=0.0, progress=False)
+    res = relax_many([start], model=tiny_model, policy="fixed:t0=30+stride=0", progress=False)
     assert res[0].status == "diverged"
     assert np.all(np.isfinite(res[0].atoms.positions))
     # finite but exploding (x300 per step, as x0 predictions at t ~ 1000 do): caught before it grows
     monkeypatch.setattr(NoiseSchedule, "step", lambda self, x_t, *a, **k: real_step(self, x_t, *a, **k) * 300.0)
-    res = relax_many([start], model=tiny_model, policy="fixed", t0=30, stride=0.0, progress=False)
+    res = relax_many([start], model=tiny_model, policy="fixed:t0=30+stride=0", progress=False)
     assert res[0].status == "diverged"
     assert np.abs(res[0].atoms.positions - start.positions).max() < 5.0
+
+
+def test_diverged_relaxation_leaves_the_input_untouched_and_says_why(tiny_model, monkeypatch):
+    from ase_diffrelax.core.schedule import NoiseSchedule
+
+    real_step = NoiseSchedule.step
+    monkeypatch.setattr(NoiseSchedule, "step", lambda self, x_t, *a, **k: real_step(self, x_t, *a, **k) * 300.0)
+    atoms = noisy(seed=6)
+    before = atoms.positions.copy()
+    opt = DiffusionRelax(atoms, model=tiny_model, policy="fixed:t0=30+stride=0", logfile=None)
+    with pytest.warns(UserWarning, match="diverged.*input positions kept"):
+        assert opt.run() is False
+    np.testing.assert_array_equal(atoms.positions, before)
+    assert atoms.info["diffusion_status"] == "diverged"
+    assert opt.nsteps < 30  # ASE's loop ended at the divergence, not at the step budget
+
+
+def test_relax_many_skip_returns_rejected_entries_in_place(tiny_model):
+    bad = Atoms("CSi", positions=[[0, 0, 0], [1.8, 0, 0], ][:2])
+    res = relax_many([noisy("CH4"), bad, noisy("H2O")], model=tiny_model, policy="itp", progress=False,
+                     on_error="skip")
+    assert [r.status for r in res] == ["converged", "rejected", "converged"]
+    assert "Si unknown" in res[1].reason
+    np.testing.assert_array_equal(res[1].atoms.positions, bad.positions)
+    assert res[2].atoms.get_chemical_formula() == "H2O"

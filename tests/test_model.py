@@ -1,9 +1,8 @@
-import numpy as np
 import pytest
 import torch
 from scipy.spatial.transform import Rotation
 
-from ase_diffrelax.model import Denoiser, ModelConfig, molecule_pairs, remove_mean
+from ase_diffrelax.core.model import Denoiser, ModelConfig, molecule_pairs, remove_mean
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ pyscf = pytest.importorskip("pyscf")
 
 
 def test_pyscf_forces_match_finite_differences():
-    from ase_diffrelax.physics import PySCFCalculator
+    from ase_diffrelax.workflows.physics import PySCFCalculator
 
     atoms = molecule("H2O")
     atoms.positions[0] += [0.02, -0.03, 0.01]
@@ -30,7 +30,7 @@ def test_pyscf_forces_match_finite_differences():
 
 def test_xtb_stage_relaxes_and_reports():
     pytest.importorskip("tblite")
-    from ase_diffrelax.pipeline import physics_stage
+    from ase_diffrelax.workflows.pipeline import physics_stage
 
     start = molecule("CH3CH2OH")
     start.positions += np.random.default_rng(0).normal(0, 0.03, start.positions.shape)
@@ -44,10 +44,10 @@ def test_xtb_stage_relaxes_and_reports():
 def test_pipeline_smiles_to_dft_with_report_and_trajectories(tiny_model, tmp_path):
     from ase.io import read
 
-    from ase_diffrelax.pipeline import run_pipeline
+    from ase_diffrelax.workflows.pipeline import run_pipeline
 
-    res = run_pipeline("O", stages=["mmff", "diffusion", "dft"], model=tiny_model, policy="fixed", t0=5,
-                       stride=0.0, fmax=0.05, traj_prefix=str(tmp_path / "w"),
+    res = run_pipeline("O", stages=["mmff", "diffusion", "dft"], model=tiny_model, policy="fixed:t0=5+stride=0",
+                       fmax=0.05, traj_prefix=str(tmp_path / "w"),
                        physics_params={"basis": "sto-3g", "xc": "b3lyp"})
     names = [s.stage for s in res.stages]
     assert names == ["mmff", "diffusion", "dft"]
@@ -69,9 +69,65 @@ def test_pipeline_cli_xtb(tiny_model, tmp_path, capsys):
     from ase_diffrelax.cli import main
 
     rc = main(["pipeline", "CCO", "--to", "xtb", "--model", str(tiny_model.path), "--policy", "fixed", "--t0", "5",
-               "-o", str(tmp_path / "final.xyz")])
+               "-o", str(tmp_path / "final.extxyz"), "--json", str(tmp_path / "report.json")])
     assert rc == 0
-    report = json.loads(capsys.readouterr().out)
+    table = capsys.readouterr().out
+    assert table.splitlines()[0].split()[:3] == ["stage", "steps", "calls"]
+    assert [line.split()[0] for line in table.splitlines()[2:]] == ["mmff", "diffusion", "xtb"]
+    report = json.loads((tmp_path / "report.json").read_text())
     assert [r["stage"] for r in report] == ["mmff", "diffusion", "xtb"]
-    assert report[-1]["converged"]
-    assert (tmp_path / "final.xyz").exists()
+    assert report[-1]["converged"] and report[-1]["charge"] == 0 and report[-1]["multiplicity"] == 1
+    from ase.io import read
+
+    final = read(tmp_path / "final.extxyz")
+    assert final.info["relaxed_by"] == "xtb" and "diffusion_t" not in final.info
+    assert abs(final.get_potential_energy() - report[-1]["energy_end_eV"]) < 1e-6
+    assert np.sqrt((final.get_forces() ** 2).sum(1)).max() < 0.03
+
+
+def test_acetate_is_relaxed_as_an_anion_and_the_diffusion_stage_steps_aside():
+    """The SMILES formal charge reaches xTB; the neutral-only checkpoint is skipped, with the reason."""
+    pytest.importorskip("tblite")
+    from ase_diffrelax.workflows.pipeline import run_pipeline
+
+    res = run_pipeline("CC(=O)[O-]", stages=["mmff", "diffusion", "xtb"])
+    diff, xtb = res.stages[1], res.stages[2]
+    assert "charge -1" in diff.skipped and diff.steps is None
+    assert xtb.charge == -1 and xtb.multiplicity == 1
+    neutral = run_pipeline("CC(=O)[O-]", stages=["mmff", "xtb"], charge=0, uhf=1)
+    # the anion is ~7.5 eV more stable in GFN2-xTB than the neutral radical at the same geometry
+    assert res.atoms.get_potential_energy() < neutral.atoms.get_potential_energy() - 5.0
+    with pytest.raises(ValueError, match="cannot have 0 unpaired"):
+        run_pipeline("CC(=O)[O-]", stages=["mmff", "xtb"], charge=0, uhf=0)
+    with pytest.raises(Exception, match="charge -1"):
+        run_pipeline("CC(=O)[O-]", stages=["mmff", "diffusion", "xtb"], strict=True)
+
+
+@pytest.mark.parametrize("content, message", [
+    ("3\n\nO 0 0 0\nHh 0.757 0.586 0\nH -0.757 0.586 0\n", "unknown element symbol 'Hh'"),
+    ("4\n\nO 0 0 0\nH 0.757 0.586 0\nH -0.757 0.586 0\n", "cannot read"),
+    ("3\n\nO 0 0 0\nH 0,757 0.586 0\nH -0.757 0.586 0\n", "cannot read"),
+    ("3\n\nO 0 0 0\nH 0.1 0 0\nH -0.757 0.586 0\n", "overlap"),
+])
+def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, capsys, content, message):
+    from ase_diffrelax.cli import main
+
+    path = tmp_path / "bad.xyz"
+    path.write_text(content)
+    assert main(["relax", str(path), "-o", str(tmp_path / "out.xyz"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err and "Traceback" not in err
+    assert main(["relax", str(path), "-o", str(tmp_path / "o.xyz"), "--policy", "fixed"]) == 2
+    if "Hh" not in content and "4\n" not in content and "," not in content:
+        return
+    assert str(path) in err
+
+
+def test_cli_missing_t0_and_unknown_element_through_pipeline(capsys):
+    from ase_diffrelax.cli import main
+
+    assert main(["pipeline", "CCO", "--policy", "fixed", "--to", "xtb"]) == 2
+    assert "needs t0" in capsys.readouterr().err
+    assert main(["pipeline", "C[Si](C)(C)C", "--to", "xtb", "--strict"]) == 2
+    err = capsys.readouterr().err
+    assert "Si unknown" in err and len(err.strip().splitlines()) == 1

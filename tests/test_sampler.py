@@ -3,8 +3,9 @@ import numpy as np
 import pytest
 import torch
 
-from ase_diffrelax.sampler import Sampler, make_policy, new_state
-from ase_diffrelax.schedule import NoiseSchedule
+from ase_diffrelax.core.policy import make_policy
+from ase_diffrelax.core.sampler import RUNNING, Molecule, Sampler
+from ase_diffrelax.core.schedule import NoiseSchedule
 
 from conftest import small_molecules
 
@@ -17,41 +18,40 @@ def diffused_states(t, seed=0, n=6):
         x = a.positions - a.positions.mean(0)
         eps = rng.normal(size=x.shape)
         y = np.sqrt(sched.alpha_bar[t]) * x + sched.sigma[t] * (eps - eps.mean(0))
-        out.append(new_state(a.numbers, y, "cpu", seed=k))
+        out.append(Molecule(a.numbers, y, seed=k))
     return out
 
 
-def trace(sampler, states, max_evals=200):
-    """t denoised at, per molecule and step, until every molecule is done."""
-    seen = [[] for _ in states]
+def trace(sampler, molecules, max_evals=200):
+    """t denoised at, per molecule and step, until every molecule is done; and the final batch."""
+    b = sampler.batch(molecules)
+    seen = [[] for _ in molecules]
     for _ in range(max_evals):
-        if all(s.done for s in states):
+        if not bool((b.status == RUNNING).any()):
             break
-        before = [s.steps for s in states]
-        sampler.step(states)
-        for k, s in enumerate(states):
-            if s.steps > before[k]:
-                seen[k].append((s.t_used, s.t_hat))
-    return seen
+        before = b.steps.clone()
+        sampler.step(b)
+        for k in range(len(b)):
+            if b.steps[k] > before[k]:
+                seen[k].append((int(b.t_used[k]), float(b.t_hat[k])))
+    return seen, b
 
 
 def test_min_decay_makes_t_fall_every_step_and_converge(tiny_model):
-    sampler = Sampler(tiny_model, "jt", min_decay=0.1, max_steps=100)
-    states = diffused_states(300)
-    paths = trace(sampler, states)
+    sampler = Sampler(tiny_model, make_policy("jt", min_decay=0.1, max_steps=100))
+    paths, batch = trace(sampler, diffused_states(300))
     assert max(len(p) for p in paths) >= 3  # the rule was exercised
-    for s, path in zip(states, paths):
+    for k, path in enumerate(paths):
         ts = [t for t, _ in path]
         for a, b in zip(ts, ts[1:]):
             assert b <= int(np.floor(a * 0.9)), ts
-        assert s.status == "converged"
+        assert batch.outcome(k).status == "converged"
 
 
 def test_schedule_floor_never_drops_faster_than_the_schedule(tiny_model):
     pol = make_policy("jt", schedule_floor=True, max_steps=60)
     sampler = Sampler(tiny_model, pol)
-    states = diffused_states(150)
-    paths = trace(sampler, states)
+    paths, _ = trace(sampler, diffused_states(150))
     assert max(len(p) for p in paths) >= 3
     for path in paths:
         ts = [t for t, _ in path]
@@ -61,15 +61,15 @@ def test_schedule_floor_never_drops_faster_than_the_schedule(tiny_model):
 
 @pytest.mark.parametrize("cap", [40, 1000])
 def test_t_scale_lifts_t_but_not_above_the_cap(tiny_model, cap):
-    sampler = Sampler(tiny_model, "itp", t_scale=3.0, t_scale_cap=cap)
-    states = diffused_states(30)
-    sampler.step(states)
-    for s in states:
-        t_hat = int(round(s.t_hat))
+    sampler = Sampler(tiny_model, make_policy("itp", t_scale=3.0, t_scale_cap=cap))
+    b = sampler.batch(diffused_states(30))
+    sampler.step(b)
+    for k in range(len(b)):
+        t_hat = int(round(float(b.t_hat[k])))
         if t_hat <= sampler.policy.threshold:
-            assert s.t_used == t_hat
+            assert int(b.t_used[k]) == t_hat
         else:
-            assert s.t_used == min(3 * t_hat, max(t_hat, cap))
+            assert int(b.t_used[k]) == min(3 * t_hat, max(t_hat, cap))
 
 
 def test_policy_options_are_recorded_and_unknown_ones_rejected():
@@ -81,13 +81,40 @@ def test_policy_options_are_recorded_and_unknown_ones_rejected():
 
 
 def test_time_calibration_comes_from_the_model_card_unless_given(tiny_model):
-    from ase_diffrelax.checkpoint import LoadedModel
+    from ase_diffrelax.core.checkpoint import LoadedModel
 
     card = {**tiny_model.card, "time_calibration": {"t_scale": 2.5, "t_scale_cap": 80}}
     calibrated_model = LoadedModel(tiny_model.net, tiny_model.schedule, card, tiny_model.path)
     pol = Sampler(calibrated_model, "jt").policy
     assert (pol.t_scale, pol.t_scale_cap) == (2.5, 80)
-    pol = Sampler(calibrated_model, "jt", t_scale=1.0).policy
+    pol = Sampler(calibrated_model, make_policy("jt", t_scale=1.0)).policy
     assert (pol.t_scale, pol.t_scale_cap) == (1.0, 80)
     pol = Sampler(tiny_model, "itp").policy  # a card without calibration: none applied
     assert (pol.t_scale, pol.t_scale_cap) == (1.0, 1000)
+
+
+def test_policy_spec_round_trip_and_errors():
+    pol = make_policy("fixed:t0=50+eta=1+stride=0")
+    assert (pol.name, pol.t0, pol.eta, pol.stride) == ("fixed", 50, 1.0, 0.0)
+    assert make_policy(pol.spec()) == pol
+    assert make_policy("jt", stride=0.3).stride == 0.3
+    with pytest.raises(ValueError, match="needs t0"):
+        make_policy("fixed")
+    with pytest.raises(ValueError, match="no option .t0."):
+        make_policy("jt:t0=3")
+    with pytest.raises(ValueError, match="unknown policy"):
+        make_policy("ddim")
+    with pytest.raises(Exception):
+        pol.eta = 0.5  # frozen: passed down unchanged
+
+
+def test_batch_results_do_not_depend_on_batch_size_or_swap_interval(tiny_model):
+    """The tensor batch, swapping molecules in and out, gives every molecule the path it has alone."""
+    mols = diffused_states(80, seed=3, n=8)
+    sampler = Sampler(tiny_model, make_policy("itp", eta=1.0))
+    alone = [sampler.run([m], batch_size=1)[0][0] for m in mols]
+    for batch_size, swap_every in [(3, 1), (8, 1), (5, 3)]:
+        together, _ = sampler.run(mols, batch_size=batch_size, swap_every=swap_every)
+        for a, b in zip(alone, together):
+            assert (a.status, a.steps) == (b.status, b.steps)
+            np.testing.assert_allclose(a.positions, b.positions, atol=2e-4)

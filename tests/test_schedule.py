@@ -1,7 +1,7 @@
 import numpy as np
 import torch
 
-from ase_diffrelax.schedule import NoiseSchedule
+from ase_diffrelax.core.schedule import NoiseSchedule
 
 
 def test_alpha_bar_is_product_of_alphas_and_decreasing():

@@ -1,0 +1,78 @@
+"""``relax_many``: the batch adapter over the sampler core (molecules swapped in and out of one batch)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..chem.topology import topology_change
+from ..core.checkpoint import load_model
+from ..core.policy import Policy
+from ..core.sampler import Molecule, Sampler
+from ..core.validate import InputError, check_for_model
+from .common import default_batch_size, fixed_mask, write_history
+
+
+@dataclass
+class RelaxResult:
+    atoms: object  # relaxed ase.Atoms (a copy; the input is untouched); the input copy if not relaxed
+    status: str  # "converged" | "max_steps" | "diverged" | "rejected"
+    steps: int = 0  # model evaluations spent on this molecule
+    t_hat: float = float("nan")  # last predicted step
+    t_used: int = -1  # last step denoised at
+    topology: dict = field(default_factory=dict)  # bonds broken / formed, from covalent radii
+    reason: str = ""  # why a molecule was rejected or diverged
+
+
+def relax_many(atoms_list, *, model=None, policy: Policy | str = "jt", batch_size: int | None = None,
+               device=None, progress: bool = True, seed: int | None = 0, trajectory: str | None = None,
+               on_error: str = "raise", swap_every: int | None = None) -> list[RelaxResult]:
+    """Relax many molecules (any sizes) in one streaming batch; inputs are never modified.
+
+    Molecule k uses noise seed ``seed + k`` so that its path does not depend on batch
+    composition; ``DiffusionRelax(atoms, seed=s)`` follows the same path as
+    ``relax_many([atoms], seed=s)``. ``on_error="skip"`` returns structures the checkpoint
+    cannot take as status "rejected" with the reason, in place, instead of raising.
+    ``trajectory``: a file name with ``{i}`` (molecule index) for one ASE trajectory each.
+    """
+    if on_error not in ("raise", "skip"):
+        raise ValueError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
+    model = load_model(model, device=device)
+    atoms_list = list(atoms_list)
+    if not atoms_list:
+        raise InputError("empty batch: no structures to relax")
+    if trajectory is not None and len(atoms_list) > 1 and "{i}" not in str(trajectory):
+        raise ValueError("trajectory for several molecules needs '{i}' in the file name, e.g. 'relax_{i}.traj'")
+    results: list[RelaxResult | None] = [None] * len(atoms_list)
+    todo = []
+    for k, atoms in enumerate(atoms_list):
+        try:
+            check_for_model(atoms, model, label=f"structure {k}")
+        except InputError as exc:
+            if on_error == "raise":
+                raise
+            results[k] = RelaxResult(atoms.copy(), "rejected", reason=str(exc))
+            continue
+        todo.append(k)
+    sampler = Sampler(model, policy, record=trajectory is not None)
+    molecules = [Molecule(atoms_list[k].numbers, atoms_list[k].positions, fixed_mask(atoms_list[k]),
+                          None if seed is None else seed + k) for k in todo]
+    bar = None
+    if progress and molecules:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(molecules), desc="relax", unit="mol", mininterval=1)
+    outcomes, _ = sampler.run(molecules, batch_size=batch_size or default_batch_size(sampler.device),
+                              swap_every=swap_every or (4 if sampler.device.type == "cuda" else 1), progress=bar)
+    if bar:
+        bar.close()
+    for k, oc in zip(todo, outcomes):
+        atoms = atoms_list[k]
+        out = atoms.copy()
+        out.set_positions(oc.positions, apply_constraint=False)
+        out.info.update(diffusion_t=oc.t_hat, diffusion_t_used=oc.t_used, diffusion_steps=oc.steps,
+                        diffusion_status=oc.status, diffusion_model=model.name,
+                        diffusion_level_of_theory=model.level_of_theory)
+        topo = topology_change(atoms.numbers, atoms.positions, out.positions)
+        results[k] = RelaxResult(out, oc.status, oc.steps, oc.t_hat, oc.t_used, topo, oc.reason)
+        if trajectory is not None:
+            write_history(str(trajectory).replace("{i}", str(k)), atoms, oc.history)
+    return results

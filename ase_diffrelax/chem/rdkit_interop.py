@@ -1,0 +1,109 @@
+"""RDKit interop: bond perception from coordinates, MMFF94 minima, SMILES -> Atoms.
+
+Atom order is always kept: index i of the Atoms is atom i of the RDKit Mol.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+def _rdkit():
+    from rdkit import Chem, RDLogger
+
+    RDLogger.DisableLog("rdApp.*")
+    return Chem
+
+
+def mol_from_xyz(numbers, positions, charge: int = 0, bond_orders: bool = True):
+    """An RDKit Mol with the given atom order and conformer; bonds perceived from distances.
+
+    Bond orders (needed by MMFF94) come from RDKit's xyz2mol port; they fail for a few
+    unusual QM9 structures, which raises ``ValueError``.
+    """
+    Chem = _rdkit()
+    from rdkit.Chem import rdDetermineBonds
+    from rdkit.Geometry import Point3D
+
+    rw = Chem.RWMol()
+    for z in numbers:
+        rw.AddAtom(Chem.Atom(int(z)))
+    conf = Chem.Conformer(len(numbers))
+    for i, p in enumerate(np.asarray(positions, dtype=float)):
+        conf.SetAtomPosition(i, Point3D(*p))
+    mol = rw.GetMol()
+    mol.AddConformer(conf, assignId=True)
+    try:
+        if bond_orders:
+            rdDetermineBonds.DetermineBonds(mol, charge=charge)
+        else:
+            rdDetermineBonds.DetermineConnectivity(mol)
+    except Exception as exc:  # RDKit raises several types here
+        raise ValueError(f"could not perceive bonds from coordinates: {exc}") from exc
+    return mol
+
+
+def mmff_minimize(mol, max_iters: int = 2000) -> np.ndarray:
+    """MMFF94 minimum reached from the Mol's conformer (same basin, same atom order)."""
+    from rdkit.Chem import AllChem
+
+    props = AllChem.MMFFGetMoleculeProperties(mol, mmffVariant="MMFF94")
+    if props is None:
+        raise ValueError("MMFF94 has no parameters for this molecule")
+    ff = AllChem.MMFFGetMoleculeForceField(mol, props)
+    for _ in range(5):
+        if ff.Minimize(maxIts=max_iters) == 0:
+            break
+    else:
+        raise ValueError("MMFF94 minimisation did not converge")
+    return np.array(ff.Positions(), dtype=np.float64).reshape(-1, 3)
+
+
+def mmff_from_reference(numbers, positions, charge: int = 0) -> np.ndarray:
+    """MMFF94 minimum started from a reference geometry with its perceived bond graph."""
+    return mmff_minimize(mol_from_xyz(numbers, positions, charge=charge))
+
+
+def atoms_from_smiles(smiles: str, seed: int = 0, mmff: bool = True):
+    """ETKDG conformer (+ MMFF94 minimum) of a SMILES as ASE Atoms, hydrogens explicit.
+
+    A charged or radical SMILES sets ``info["charge"]`` (total formal charge) and
+    ``info["uhf"]`` (unpaired electrons), which the physics stages use."""
+    Chem = _rdkit()
+    from rdkit.Chem import AllChem
+
+    mol = Chem.MolFromSmiles(smiles)
+    if mol is None:
+        raise ValueError(f"RDKit cannot parse SMILES {smiles!r}")
+    mol = Chem.AddHs(mol)
+    params = AllChem.ETKDGv3()
+    params.randomSeed = seed
+    if AllChem.EmbedMolecule(mol, params) != 0:
+        raise ValueError(f"ETKDG could not embed {smiles!r}")
+    if mmff:
+        pos = mmff_minimize(mol)
+        conf = mol.GetConformer()
+        for i, p in enumerate(pos):
+            conf.SetAtomPosition(i, p.tolist())
+    atoms = mol_to_atoms(mol)
+    atoms.info["smiles"] = smiles
+    charge = sum(a.GetFormalCharge() for a in mol.GetAtoms())
+    radicals = sum(a.GetNumRadicalElectrons() for a in mol.GetAtoms())
+    if charge:
+        atoms.info["charge"] = int(charge)
+    if radicals:
+        atoms.info["uhf"] = int(radicals)
+    return atoms
+
+
+def mol_to_atoms(mol):
+    from ase import Atoms
+
+    return Atoms(
+        numbers=[a.GetAtomicNum() for a in mol.GetAtoms()],
+        positions=mol.GetConformer().GetPositions(),
+    )
+
+
+def atoms_to_mol(atoms, bond_orders: bool = True, charge: int = 0):
+    """RDKit Mol of an Atoms object, same atom order, bonds perceived from the coordinates."""
+    return mol_from_xyz(atoms.numbers, atoms.positions, charge=charge, bond_orders=bond_orders)

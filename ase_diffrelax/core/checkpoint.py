@@ -1,0 +1,151 @@
+"""Checkpoints: weights as safetensors plus a JSON model card, found through a small registry.
+
+``checkpoints/registry.json`` (installed as package data ``ase_diffrelax.checkpoints``) names
+each shipped checkpoint with its files, sha256, level of theory, elements and size range.
+``load_model(name)`` loads a registered one, ``load_model(path)`` any ``.safetensors`` +
+``.json`` pair; loading never unpickles. ``available_models()`` lists the registry.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from importlib import resources
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from ..files import atomic_write_json
+from .model import Denoiser, ModelConfig
+from .schedule import NoiseSchedule
+
+_LOADED: dict = {}
+
+
+def checkpoint_dir() -> Path:
+    """The folder of the shipped checkpoints (package data; the repository's checkpoints/ in a checkout)."""
+    return Path(str(resources.files("ase_diffrelax.checkpoints")))
+
+
+def registry() -> dict:
+    return json.loads((checkpoint_dir() / "registry.json").read_text())
+
+
+def available_models() -> dict[str, dict]:
+    """Shipped checkpoints by name: level of theory, elements, size range, charges."""
+    return {name: {k: v for k, v in entry.items() if k not in ("weights", "card")}
+            for name, entry in registry()["models"].items()}
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def atomic_save_tensors(path: Path, tensors: dict) -> None:
+    tmp = Path(str(path) + ".tmp")
+    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp))
+    os.replace(tmp, path)
+
+
+class LoadedModel:
+    """A denoiser with its schedule and model card, ready for the sampler."""
+
+    def __init__(self, net: Denoiser, schedule: NoiseSchedule, card: dict, path: Path | None = None):
+        self.net, self.schedule, self.card, self.path = net, schedule, card, path
+
+    @property
+    def name(self) -> str:
+        return str(self.card.get("name") or (self.path.name if self.path else "unnamed"))
+
+    @property
+    def level_of_theory(self) -> str:
+        return str(self.card.get("level_of_theory", "unknown"))
+
+    @property
+    def elements(self) -> tuple:
+        return self.net.config.elements
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.net.parameters()).device
+
+    def to(self, device) -> "LoadedModel":
+        """This model on ``device``: itself if already there, else a copy (a shared cached model is never moved)."""
+        device = torch.device(device)
+        if self.device == device:
+            return self
+        import copy
+
+        return LoadedModel(copy.deepcopy(self.net).to(device), self.schedule, self.card, self.path)
+
+    def __repr__(self) -> str:
+        name = self.card.get("name", self.path)
+        return f"LoadedModel({name!r}, elements={list(self.elements)}, steps={self.card.get('training', {}).get('steps')})"
+
+
+def save_model(path: str | os.PathLike, net: Denoiser, schedule: NoiseSchedule, card: dict) -> Path:
+    """Write ``path.safetensors`` and ``path.json`` atomically (weights first, then card)."""
+    base = Path(str(path).removesuffix(".safetensors").removesuffix(".json"))
+    base.parent.mkdir(parents=True, exist_ok=True)
+    atomic_save_tensors(base.with_suffix(".safetensors"), net.state_dict())
+    card = dict(card)
+    card["format"] = "ase_diffrelax/1"
+    card["config"] = net.config.todict()
+    card["schedule"] = schedule.todict()
+    atomic_write_json(base.with_suffix(".json"), card)
+    return base
+
+
+def resolve(name_or_path: str | os.PathLike | None) -> Path:
+    """Base path (without suffix) of a registered name or a checkpoint path."""
+    reg = registry()
+    if name_or_path is None:
+        name_or_path = os.environ.get("ASE_DIFFRELAX_MODEL", reg["default"])
+    name = str(name_or_path)
+    if name in reg["models"]:
+        entry = reg["models"][name]
+        base = checkpoint_dir() / Path(entry["weights"]).stem
+        if not base.with_suffix(".safetensors").exists():
+            raise FileNotFoundError(f"checkpoint {name!r} is registered but {base}.safetensors is missing")
+        return base
+    base = Path(name.removesuffix(".safetensors").removesuffix(".json"))
+    if not base.with_suffix(".safetensors").exists() or not base.with_suffix(".json").exists():
+        known = ", ".join(sorted(reg["models"]))
+        raise FileNotFoundError(
+            f"no checkpoint {name!r}: expected {base}.safetensors and {base}.json, or one of: {known}"
+        )
+    return base
+
+
+def load_model(name_or_path=None, device=None) -> LoadedModel:
+    """Load a checkpoint by registry name or path (no argument: the shipped default), on
+    ``device`` (None: CUDA when available). Loaded models are cached per file and device and
+    shared read-only; asking for another device gives a separate copy."""
+    from .device import pick_device
+
+    if isinstance(name_or_path, LoadedModel):
+        return name_or_path.to(device) if device is not None else name_or_path
+    base = resolve(name_or_path)
+    dev = pick_device(device)
+    weights = base.with_suffix(".safetensors")
+    key = (str(base.resolve()), str(dev), weights.stat().st_mtime_ns)
+    if key in _LOADED:
+        return _LOADED[key]
+    card = json.loads(base.with_suffix(".json").read_text())
+    registered = {Path(e["weights"]).stem: e for e in registry()["models"].values()}
+    entry = registered.get(base.name) if base.parent.resolve() == checkpoint_dir().resolve() else None
+    if entry is not None:
+        card.setdefault("level_of_theory", entry.get("level_of_theory"))
+        card.setdefault("charges", entry.get("charges", [0]))
+    net = Denoiser(ModelConfig.fromdict(card["config"]))
+    net.load_state_dict(load_file(str(weights)))
+    net.eval()
+    schedule = NoiseSchedule(**card.get("schedule", {}))
+    model = LoadedModel(net.to(dev), schedule, card, base)
+    _LOADED[key] = model
+    return model

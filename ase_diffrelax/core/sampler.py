@@ -1,0 +1,266 @@
+"""The one sampler core: reverse diffusion from user structures, one model pass per step.
+
+Every step, for all molecules in flight at once: ``denoise`` gives t_hat; the policy turns it
+into the step t to denoise at and the step t_next to move to; the schedule moves x from t to
+t_next (DDPM ancestral for eta = 1, deterministic DDIM for eta = 0). A molecule stops when
+the step it would denoise at is <= the policy's threshold, or at ``max_steps``; its last
+denoised estimate is returned.
+
+The molecules in flight live in one ``Batch`` of flat tensors; a step makes no per-molecule
+host round trip, so a GPU is not starved. ``run`` swaps finished molecules out (and waiting
+ones in) every ``swap_every`` steps. Each molecule has its own noise generator (seeded), so
+its path does not depend on which other molecules share its batch.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .denoise import denoise
+from .model import molecule_pairs, remove_mean, scatter_sum
+from .policy import Policy, calibrated, make_policy
+
+RUNNING, CONVERGED, MAX_STEPS, DIVERGED = 0, 1, 2, 3
+STATUS = {RUNNING: "running", CONVERGED: "converged", MAX_STEPS: "max_steps", DIVERGED: "diverged"}
+
+
+@dataclass
+class Molecule:
+    """One structure to relax, as given by the caller (float64, input frame)."""
+
+    numbers: np.ndarray
+    positions: np.ndarray
+    fixed: np.ndarray | None = None  # atoms held at their input positions
+    seed: int | None = None
+
+
+@dataclass
+class Outcome:
+    """What became of one molecule. ``positions`` are in the input frame; for a diverged
+    relaxation they are the input positions, unchanged."""
+
+    positions: np.ndarray
+    status: str
+    steps: int
+    t_hat: float  # last predicted step (continuous)
+    t_used: int  # last step denoised at
+    reason: str = ""
+    history: list = field(default_factory=list)  # (positions, t_hat, t_used) per step when recorded
+
+
+def _per_molecule_max(values: torch.Tensor, mol: torch.Tensor, n_mol: int) -> torch.Tensor:
+    out = values.new_full((n_mol,), float("-inf"))
+    return out.scatter_reduce(0, mol, values, reduce="amax", include_self=True)
+
+
+class Batch:
+    """Molecules in flight as flat tensors: atom rows grouped by molecule (``mol``)."""
+
+    def __init__(self, molecules: list[Molecule], ids: list[int], device):
+        dev = torch.device(device)
+        self.device = dev
+        self.ids = list(ids)  # caller's index of each molecule
+        self.sizes = [len(m.numbers) for m in molecules]
+        n_mol = len(molecules)
+        self.numbers = torch.as_tensor(np.concatenate([np.asarray(m.numbers) for m in molecules]),
+                                       dtype=torch.long, device=dev)
+        x_input = torch.as_tensor(np.concatenate([np.asarray(m.positions, dtype=np.float64) for m in molecules]),
+                                  device=dev)
+        self.mol = torch.repeat_interleave(torch.arange(n_mol, device=dev),
+                                           torch.as_tensor(self.sizes, device=dev))
+        counts = torch.as_tensor(self.sizes, dtype=torch.float64, device=dev)
+        self.origin = scatter_sum(x_input, self.mol, n_mol) / counts.unsqueeze(-1)
+        self.x_input = x_input
+        centred = x_input - self.origin[self.mol]
+        self.x = centred.float()
+        self.fixed = torch.as_tensor(np.concatenate([
+            np.zeros(len(m.numbers), bool) if m.fixed is None else np.asarray(m.fixed, bool) for m in molecules]),
+            device=dev)
+        radius = _per_molecule_max(centred.norm(dim=-1), self.mol, n_mol)
+        # divergence bound: no atom farther from the centre than max(50 A, 5x the input's radius)
+        self.max_radius = torch.clamp(5.0 * radius, min=50.0)
+        self.t_sched = torch.zeros(n_mol, dtype=torch.long, device=dev)
+        self.t_used = torch.full((n_mol,), -1, dtype=torch.long, device=dev)
+        self.t_hat = torch.full((n_mol,), float("nan"), device=dev)
+        self.steps = torch.zeros(n_mol, dtype=torch.long, device=dev)
+        self.status = torch.zeros(n_mol, dtype=torch.long, device=dev)
+        self.x_out = self.x.clone()  # the estimate handed back: x0_hat at convergence, else x
+        self.generators = []
+        for m in molecules:
+            gen = torch.Generator(device=dev)
+            gen.manual_seed(int(m.seed) if m.seed is not None else int(torch.randint(0, 2**62, (1,)).item()))
+            self.generators.append(gen)
+        self.pairs = molecule_pairs(self.mol, n_mol)
+        self.history: list[list] = [[] for _ in molecules]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def positions(self, k: int = 0) -> np.ndarray:
+        """Current best estimate of molecule ``k`` in its input frame (float64)."""
+        sel = self.mol == k
+        x = self.x_out[sel].double()
+        fixed = self.fixed[sel]
+        x_in = self.x_input[sel]
+        if bool(self.status[k] == DIVERGED):
+            return x_in.cpu().numpy()
+        if fixed.any():
+            x = x + (x_in[fixed] - x[fixed]).mean(0)
+            x[fixed] = x_in[fixed]
+        else:
+            x = x + self.origin[k]
+        return x.cpu().numpy()
+
+    def move_to(self, k: int, positions: np.ndarray) -> None:
+        """Continue molecule ``k`` from new positions (an observer or a constraint moved it)."""
+        sel = self.mol == k
+        x = torch.as_tensor(np.asarray(positions, dtype=np.float64), device=self.device)
+        self.origin[k] = x.mean(0)
+        self.x[sel] = (x - self.origin[k]).float()
+        self.x_out[sel] = self.x[sel]
+
+    def outcome(self, k: int) -> Outcome:
+        code = int(self.status[k])
+        reason = ""
+        if code == DIVERGED:
+            reason = ("the denoising step left the physical range (non-finite coordinates or an atom more than "
+                      f"{float(self.max_radius[k]):.0f} A from the centre); input positions kept")
+        return Outcome(self.positions(k), STATUS[code], int(self.steps[k]), float(self.t_hat[k]),
+                       int(self.t_used[k]), reason, self.history[k])
+
+    def select(self, keep: list[int]) -> "Batch":
+        """A new Batch holding only molecules ``keep`` (positions in this batch), state carried over."""
+        new = object.__new__(Batch)
+        dev = self.device
+        keep_t = torch.as_tensor(keep, dtype=torch.long, device=dev)
+        atom_keep = torch.isin(self.mol, keep_t)
+        remap = torch.full((len(self),), -1, dtype=torch.long, device=dev)
+        remap[keep_t] = torch.arange(len(keep), device=dev)
+        new.device = dev
+        new.ids = [self.ids[k] for k in keep]
+        new.sizes = [self.sizes[k] for k in keep]
+        for name in ("numbers", "x_input", "x", "fixed", "x_out"):
+            setattr(new, name, getattr(self, name)[atom_keep])
+        new.mol = remap[self.mol[atom_keep]]
+        for name in ("origin", "max_radius", "t_sched", "t_used", "t_hat", "steps", "status"):
+            setattr(new, name, getattr(self, name)[keep_t])
+        new.generators = [self.generators[k] for k in keep]
+        new.history = [self.history[k] for k in keep]
+        new.pairs = molecule_pairs(new.mol, len(keep))
+        return new
+
+    @staticmethod
+    def join(a: "Batch | None", b: "Batch") -> "Batch":
+        if a is None or len(a) == 0:
+            return b
+        new = object.__new__(Batch)
+        new.device = a.device
+        new.ids = a.ids + b.ids
+        new.sizes = a.sizes + b.sizes
+        for name in ("numbers", "x_input", "x", "fixed", "x_out", "origin", "max_radius", "t_sched", "t_used",
+                     "t_hat", "steps", "status"):
+            setattr(new, name, torch.cat([getattr(a, name), getattr(b, name)]))
+        new.mol = torch.cat([a.mol, b.mol + len(a)])
+        new.generators = a.generators + b.generators
+        new.history = a.history + b.history
+        new.pairs = molecule_pairs(new.mol, len(new))
+        return new
+
+
+class Sampler:
+    """Reverse diffusion for many molecules at once with one Policy (calibrated once, here)."""
+
+    def __init__(self, model, policy: Policy | str = "jt", *, device=None, final_denoise: bool = True,
+                 record: bool = False):
+        from .checkpoint import load_model
+
+        self.model = load_model(model, device=device)
+        self.device = self.model.device
+        self.policy = calibrated(make_policy(policy), self.model.card)
+        self.final_denoise = final_denoise
+        self.record = record  # keep (positions, t_hat, t_used) of every step per molecule
+        self.n_evals = 0
+
+    def batch(self, molecules: list[Molecule], ids: list[int] | None = None) -> Batch:
+        return Batch(molecules, list(range(len(molecules))) if ids is None else ids, self.device)
+
+    @torch.no_grad()
+    def step(self, b: Batch) -> None:
+        """One model evaluation for every running molecule of ``b`` (finished ones are left as they are)."""
+        if len(b) == 0:
+            return
+        net, sched, pol = self.model.net, self.model.schedule, self.policy
+        mol, n_mol = b.mol, len(b)
+        running = b.status == RUNNING
+        first = b.steps == 0
+        t_prev = b.t_used.clamp(min=0)
+        out = denoise(net, sched, b.numbers, b.x, mol, n_mol,
+                      lambda th: pol.current_t(pol.calibrate(th), b.t_sched, first, t_prev), pairs=b.pairs)
+        t_cur = out.t
+        converged_now = t_cur <= pol.threshold
+        t_next = pol.next_t(t_cur)
+        noise = None
+        if pol.eta > 0:
+            noise = torch.cat([torch.randn((n, 3), generator=g, device=b.device)
+                               for n, g in zip(b.sizes, b.generators)])
+            noise = remove_mean(noise, mol, n_mol)
+        x_new = remove_mean(sched.step(b.x, t_cur[mol], t_next[mol], out.eps, pol.eta, noise), mol, n_mol)
+        # held atoms keep their (centred) input positions
+        x_new = torch.where(b.fixed.unsqueeze(-1), (b.x_input - b.origin[mol]).float(), x_new)
+        x_new = remove_mean(x_new, mol, n_mol)
+        self.n_evals += 1
+
+        finite = scatter_sum((~torch.isfinite(out.x0_hat).all(-1) | ~torch.isfinite(x_new).all(-1)).long(),
+                             mol, n_mol) == 0
+        reach = _per_molecule_max(torch.maximum(torch.nan_to_num(out.x0_hat, nan=0.0).norm(dim=-1),
+                                                torch.nan_to_num(x_new, nan=0.0).norm(dim=-1)), mol, n_mol)
+        diverged = running & ~(finite & (reach <= b.max_radius))
+        conv = running & ~diverged & converged_now
+        moving = running & ~diverged & ~converged_now
+
+        b.steps = b.steps + running.long()
+        b.t_hat = torch.where(running, out.t_hat, b.t_hat)
+        b.t_used = torch.where(running, t_cur, b.t_used)
+        b.t_sched = torch.where(moving, t_next, b.t_sched)
+        move_atoms = moving[mol].unsqueeze(-1)
+        b.x = torch.where(move_atoms, x_new, b.x)
+        b.x_out = torch.where(move_atoms, x_new, b.x_out)
+        if self.final_denoise:
+            b.x_out = torch.where(conv[mol].unsqueeze(-1), out.x0_hat, b.x_out)
+        status = torch.where(diverged, DIVERGED, b.status)
+        status = torch.where(conv, CONVERGED, status)
+        if pol.scheduled:  # scheduled policies know they have arrived: no extra evaluation needed
+            status = torch.where(moving & (t_next <= pol.threshold), CONVERGED, status)
+        status = torch.where((status == RUNNING) & (b.steps >= pol.max_steps), MAX_STEPS, status)
+        b.status = status
+        if self.record:
+            for k in torch.nonzero(running).flatten().tolist():
+                b.history[k].append((b.positions(k), float(b.t_hat[k]), int(b.t_used[k])))
+
+    def run(self, molecules: list[Molecule], batch_size: int = 16, swap_every: int = 1,
+            progress=None) -> tuple[list[Outcome], dict]:
+        """Relax all ``molecules`` with at most ``batch_size`` in flight; finished ones are swapped
+        out for waiting ones every ``swap_every`` steps (one host sync per swap, none per step)."""
+        outcomes: list[Outcome | None] = [None] * len(molecules)
+        queue = list(range(len(molecules)))[::-1]
+        flight: Batch | None = None
+        t0, evals0, steps = time.perf_counter(), self.n_evals, 0
+        while queue or (flight is not None and len(flight)):
+            free = batch_size - (len(flight) if flight is not None else 0)
+            if queue and free > 0:
+                take = [queue.pop() for _ in range(min(free, len(queue)))]
+                flight = Batch.join(flight, self.batch([molecules[i] for i in take], take))
+            self.step(flight)
+            steps += 1
+            if steps % swap_every == 0 or not queue:
+                done = (flight.status != RUNNING).cpu().tolist()
+                if any(done):
+                    for k in [k for k, d in enumerate(done) if d]:
+                        outcomes[flight.ids[k]] = flight.outcome(k)
+                    flight = flight.select([k for k, d in enumerate(done) if not d])
+                    if progress is not None:
+                        progress.update(sum(done))
+        return outcomes, {"wall_s": time.perf_counter() - t0, "batch_evals": self.n_evals - evals0}

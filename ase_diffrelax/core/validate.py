@@ -1,0 +1,97 @@
+"""Input checks that run before any torch call, with messages that name the problem."""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+from ase.calculators.calculator import InputError as ASEInputError
+from ase.data import chemical_symbols, covalent_radii
+
+MIN_DISTANCE = 0.5  # Angstrom; closer pairs are treated as overlapping atoms
+# an atom whose nearest neighbour is farther than this many times the sum of covalent radii
+# is not bonded to anything: the denoiser has never seen a free atom
+ISOLATED_FACTOR = 2.0
+
+
+class InputError(ASEInputError, ValueError):
+    """A structure the denoiser cannot relax; the message says why."""
+
+
+def total_charge(atoms) -> int:
+    """The charge a user gave: ``atoms.info["charge"]``, else the sum of initial charges."""
+    if "charge" in atoms.info:
+        return int(round(float(atoms.info["charge"])))
+    return int(round(float(atoms.get_initial_charges().sum())))
+
+
+def unpaired_electrons(atoms) -> int:
+    """``atoms.info["spin"]`` / ``"uhf"`` (unpaired electrons) or initial magnetic moments, else
+    the parity of the electron count (an odd count has at least one unpaired electron)."""
+    for key in ("uhf", "spin"):
+        if key in atoms.info:
+            return int(atoms.info[key])
+    moments = atoms.get_initial_magnetic_moments()
+    if np.any(moments):
+        return int(round(abs(float(moments.sum()))))
+    return int((int(atoms.numbers.sum()) - total_charge(atoms)) % 2)
+
+
+def check_atoms(atoms, elements, max_atoms: int | None = None, label: str = "input", card: dict | None = None) -> None:
+    """Raise InputError for anything the model cannot handle; warn for a very large molecule."""
+    card = card or {}
+    n = len(atoms)
+    min_atoms = int(card.get("min_atoms", 3))
+    if n < 2:
+        raise InputError(f"{label}: needs at least 2 atoms, got {n}")
+    if atoms.pbc.any():
+        raise InputError(
+            f"{label}: periodic cell (pbc={atoms.pbc.tolist()}); the denoiser is trained on isolated molecules, "
+            "set atoms.pbc = False if the molecule is really isolated"
+        )
+    pos = np.asarray(atoms.positions, dtype=float)
+    if not np.all(np.isfinite(pos)):
+        bad = np.nonzero(~np.isfinite(pos).all(1))[0]
+        raise InputError(f"{label}: positions of atoms {bad[:10].tolist()} are NaN or infinite")
+    unknown = sorted(set(int(z) for z in atoms.numbers) - set(int(z) for z in elements))
+    if unknown:
+        names = ", ".join(chemical_symbols[z] if 0 <= z < len(chemical_symbols) else str(z) for z in unknown)
+        known = ", ".join(chemical_symbols[z] for z in elements)
+        raise InputError(f"{label}: element(s) {names} unknown to this checkpoint (it knows {known})")
+    d = np.sqrt(((pos[:, None] - pos[None]) ** 2).sum(-1))
+    np.fill_diagonal(d, np.inf)
+    i, j = np.unravel_index(np.argmin(d), d.shape)
+    if d[i, j] < MIN_DISTANCE:
+        raise InputError(
+            f"{label}: atoms {min(i, j)} and {max(i, j)} overlap ({d[i, j]:.3f} A apart, minimum {MIN_DISTANCE} A)"
+        )
+    if n < min_atoms:
+        raise InputError(f"{label}: {n} atoms ({atoms.get_chemical_formula()}), fewer than the smallest "
+                         f"training molecule ({min_atoms} atoms); the denoiser cannot read its noise level")
+    near = d.min(1)
+    lonely = near > ISOLATED_FACTOR * (covalent_radii[atoms.numbers] + covalent_radii[atoms.numbers[d.argmin(1)]])
+    if lonely.any():
+        k = int(np.nonzero(lonely)[0][0])
+        raise InputError(
+            f"{label}: atom {k} ({chemical_symbols[atoms.numbers[k]]}) has no neighbour within bonding distance "
+            f"(nearest {near[k]:.2f} A); free atoms and exploded structures cannot be denoised"
+        )
+    charge = total_charge(atoms)
+    uhf = unpaired_electrons(atoms)
+    charges_ok = card.get("charges", [0])
+    if charge not in charges_ok or uhf != 0:
+        what = f"charge {charge:+d}" if charge not in charges_ok else f"{uhf} unpaired electron(s)"
+        raise InputError(
+            f"{label}: {what}; this checkpoint ({card.get('name', 'unnamed')}) was trained on neutral closed-shell "
+            "molecules only and would relax it as one; use a physics calculator (xTB/DFT) for ions and radicals"
+        )
+    if max_atoms and n > 1.5 * max_atoms:
+        warnings.warn(
+            f"{label}: {n} atoms, far more than the largest training molecule ({max_atoms}); "
+            "the denoiser has not seen molecules this size and may distort it",
+            stacklevel=3,
+        )
+
+
+def check_for_model(atoms, model, label: str = "input") -> None:
+    """``check_atoms`` with the limits a loaded checkpoint states in its card."""
+    check_atoms(atoms, model.elements, model.card.get("max_atoms"), label=label, card=model.card)

@@ -1,0 +1,109 @@
+"""Atomic file writes: a reader (or a resumed job) sees the old file or the new one, never half.
+
+Every writer of results, caches, cards and checkpoints in the project goes through here.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+
+def _tmp(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+def _json_default(obj):
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp(path)
+    tmp.write_text(text)
+    os.replace(tmp, path)
+    return path
+
+
+def atomic_write_json(path: str | os.PathLike, data, indent: int | None = 2) -> Path:
+    """JSON with numpy scalars and arrays converted; ends with a newline."""
+    return atomic_write_text(path, json.dumps(data, indent=indent, default=_json_default) + "\n")
+
+
+def atomic_save_npz(path: str | os.PathLike, compressed: bool = True, **arrays) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp(path)
+    with open(tmp, "wb") as fh:
+        (np.savez_compressed if compressed else np.savez)(fh, **arrays)
+    os.replace(tmp, path)
+    return path
+
+
+def append_jsonl(path: str | os.PathLike, records) -> None:
+    """Append whole lines in one write, flushed and fsynced: a kill loses at most the last record."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = "".join(json.dumps(r, default=_json_default, sort_keys=True) + "\n" for r in records)
+    if not text:
+        return
+    if path.exists() and path.stat().st_size:
+        with open(path, "rb") as fh:
+            fh.seek(-1, os.SEEK_END)
+            if fh.read(1) != b"\n":  # a torn last line from a killed writer: keep ours on a line of its own
+                text = "\n" + text
+    with open(path, "a") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def read_jsonl(path: str | os.PathLike) -> list:
+    """All complete records; a torn last line (killed writer) is ignored."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        if not line.strip():
+            continue
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return out
+
+
+class JsonlStore:
+    """An append-only JSON-lines file of records keyed by ``record["key"]``: the whole result
+    cache of a benchmark in one file, readable while another process appends to it."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self._records: dict[str, dict] = {}
+        self.reload()
+
+    def reload(self) -> None:
+        self._records = {r["key"]: r for r in read_jsonl(self.path) if "key" in r}
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._records
+
+    def get(self, key: str):
+        return self._records.get(key)
+
+    def items(self):
+        return self._records.items()
+
+    def add(self, key: str, record: dict) -> dict:
+        record = {"key": key, **record}
+        append_jsonl(self.path, [record])
+        self._records[key] = json.loads(json.dumps(record, default=_json_default))
+        return self._records[key]

@@ -1,0 +1,483 @@
+"""Training: MoreRed-JT on equilibrium geometries, plus MMFF94 starts as structured noise.
+
+Each batch mixes two kinds of input:
+
+* Gaussian: x_t = sqrt(ab_t) x0 + sigma_t eps with t drawn mostly from low/mid steps
+  (where relaxation happens) but covering the whole range (so the time head recognises
+  badly distorted inputs).
+* MMFF (optional, ``mmff_fraction``): x = sqrt(ab_t) x0 + lam * d + sigma_g eps_g, where d is
+  the aligned MMFF94-minus-reference displacement of the same molecule. t is the step whose
+  sigma_t matches the total per-coordinate deviation and the noise target is
+  (x - sqrt(ab_t) x0) / sigma_t, so the DDPM algebra is unchanged. MMFF's deviation from
+  B3LYP is systematic, not Gaussian; without these inputs the time head calls MMFF
+  structures clean and the sampler does nothing.
+
+The loss is noise-MSE + time_weight * (time-head error)^2. MoreRed regresses t/T with weight
+(1 - eta) = 0.1; that leaves the time head at a ~20-step error below t = 50, so a strict
+"t_hat <= 0" stop is never reached. We regress log(sigma) instead (sigma = the per-coordinate
+deviation scale, exact for MMFF inputs too) with weight 1: relative accuracy at low t.
+Checkpoints (model, EMA, optimiser, RNG, data cursor) are safetensors + JSON, written
+atomically, so a run killed at any moment resumes from its last checkpoint.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+
+from ..chem.rmsd import kabsch_align
+from ..core.checkpoint import atomic_save_tensors, save_model
+from ..core.denoise import denoise
+from ..core.model import Denoiser, ModelConfig, molecule_pairs, remove_mean
+from ..core.schedule import NoiseSchedule
+from ..files import atomic_write_json
+from .data import MoleculeSet, load_qm9, mmff_starts
+
+
+@dataclass
+class TrainConfig:
+    out: str = "runs/default"
+    steps: int = 100_000
+    batch_size: int = 64
+    lr: float = 5e-4
+    min_lr: float = 1e-5
+    weight_decay: float = 0.0
+    time_weight: float = 1.0
+    ema_decay: float = 0.999
+    grad_clip: float = 0.5
+    mmff_fraction: float = 0.4
+    teacher_forcing: float = 0.5  # fraction of molecules whose noise head sees the true t
+    val_every: int = 1000
+    ckpt_every: int = 250
+    val_molecules: int = 384
+    plateau_patience: int = 4
+    # cosine decay of the learning rate from lr (at lr_decay_start) to min_lr (at lr_decay_end);
+    # replaces the plateau halving when set. 0, 0 = off.
+    lr_decay_start: int = 0
+    lr_decay_end: int = 0
+    seed: int = 0
+    threads: int = 0
+    max_train_molecules: int = 0  # 0 = all of the train split
+    data: str = ""  # ASE-readable file or ASE db of equilibrium structures; "" = QM9
+    model: dict = field(default_factory=lambda: ModelConfig().todict())
+
+
+# ---------------------------------------------------------------- data
+
+
+class TrainingData:
+    """Reference geometries (centred) and, where available, MMFF displacements in their frame."""
+
+    def __init__(self, ms: MoleculeSet, mmff: np.ndarray | None, max_mmff_rmsd: float = 1.0):
+        self.ms = ms
+        self.x0 = ms.positions.astype(np.float64).copy()
+        self.disp = np.zeros_like(self.x0)
+        self.has_mmff = np.zeros(len(ms), dtype=bool)
+        for m in range(len(ms)):
+            a, b = ms.offsets[m], ms.offsets[m + 1]
+            self.x0[a:b] -= self.x0[a:b].mean(0)
+            if mmff is None or np.isnan(mmff[a:b]).any():
+                continue
+            d = kabsch_align(mmff[a:b].astype(np.float64), self.x0[a:b]) - self.x0[a:b]
+            if np.sqrt((d**2).sum(1).mean()) <= max_mmff_rmsd:
+                self.disp[a:b] = d
+                self.has_mmff[m] = True
+        self.x0 = self.x0.astype(np.float32)
+        self.disp = self.disp.astype(np.float32)
+        self.mmff_ids = np.nonzero(self.has_mmff)[0]
+
+    def __len__(self):
+        return len(self.ms)
+
+    def gather(self, mol_ids: np.ndarray):
+        o = self.ms.offsets
+        idx = np.concatenate([np.arange(o[m], o[m + 1]) for m in mol_ids])
+        sizes = o[mol_ids + 1] - o[mol_ids]
+        mol = np.repeat(np.arange(len(mol_ids)), sizes)
+        return (
+            torch.from_numpy(self.ms.numbers[idx].astype(np.int64)),
+            torch.from_numpy(self.x0[idx]),
+            torch.from_numpy(self.disp[idx]),
+            torch.from_numpy(mol),
+        )
+
+
+def sample_gaussian_t(n: int, T: int, gen: torch.Generator) -> torch.Tensor:
+    """60 % in [1, 150], 25 % in [150, 400], 15 % in [400, T]: low/mid t matter most for relaxation."""
+    u = torch.rand(n, generator=gen)
+    lo = torch.where(u < 0.60, 1, torch.where(u < 0.85, 150, 400))
+    hi = torch.where(u < 0.60, 150, torch.where(u < 0.85, 400, T))
+    return lo + (torch.rand(n, generator=gen) * (hi - lo + 1)).long().clamp(max=(hi - lo))
+
+
+def make_inputs(schedule: NoiseSchedule, numbers, x0, disp, mol, n_mol, is_mmff, gen):
+    """Noisy inputs, integer steps t, noise targets and the true deviation scale sigma (per molecule)."""
+    T = schedule.T
+    sigma_tab = schedule.table("sigma", "cpu")
+    ab_tab = schedule.table("alpha_bar", "cpu")
+    counts = torch.bincount(mol, minlength=n_mol).double()
+    dof = (3 * (counts - 1)).clamp(min=1)
+
+    t = sample_gaussian_t(n_mol, T, gen)
+    # MMFF inputs: scaled displacement plus optional extra Gaussian noise
+    lam = torch.where(torch.rand(n_mol, generator=gen) < 0.5, torch.ones(n_mol), torch.rand(n_mol, generator=gen))
+    t_g = torch.where(torch.rand(n_mol, generator=gen) < 0.5, torch.zeros(n_mol, dtype=torch.long),
+                      torch.randint(1, 100, (n_mol,), generator=gen))
+    sig_g = torch.where(t_g > 0, sigma_tab[t_g], torch.zeros(n_mol, dtype=torch.float64))
+    d2 = torch.zeros(n_mol, dtype=torch.float64).index_add_(0, mol, (disp.double() ** 2).sum(-1))
+    sig_tot = torch.sqrt(lam.double() ** 2 * d2 / dof + sig_g**2)
+    t_mmff = schedule.t_for_sigma(sig_tot).clamp(1, T)
+    t = torch.where(is_mmff, t_mmff, t)
+    sigma_target = torch.where(is_mmff, sig_tot.clamp(min=float(sigma_tab[1])), sigma_tab[t])
+
+    eps_g = remove_mean(torch.randn(x0.shape, generator=gen, dtype=torch.float64), mol, n_mol)
+    sig_t = sigma_tab[t]
+    sqrt_ab = ab_tab[t].sqrt()
+    a = mol
+    gauss_part = sig_t[a, None] * eps_g
+    mmff_part = lam.double()[a, None] * disp.double() + sig_g[a, None] * eps_g
+    deviation = torch.where(is_mmff[a, None], mmff_part, gauss_part)
+    x_t = sqrt_ab[a, None] * x0.double() + deviation
+    eps = deviation / sig_t[a, None]
+    return x_t.float(), t, eps.float(), sigma_target
+
+
+# ---------------------------------------------------------------- checkpointing
+
+
+def _optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict, dict]:
+    sd = opt.state_dict()
+    tensors, meta = {}, {"param_groups": sd["param_groups"], "state_keys": {}}
+    for idx, st in sd["state"].items():
+        meta["state_keys"][str(idx)] = {}
+        for k, v in st.items():
+            if torch.is_tensor(v):
+                tensors[f"{idx}.{k}"] = v
+                meta["state_keys"][str(idx)][k] = "tensor"
+            else:
+                meta["state_keys"][str(idx)][k] = v
+    return tensors, meta
+
+
+def _load_optimizer(opt: torch.optim.Optimizer, tensors: dict, meta: dict) -> None:
+    state = {}
+    for idx, keys in meta["state_keys"].items():
+        state[int(idx)] = {k: (tensors[f"{idx}.{k}"] if v == "tensor" else v) for k, v in keys.items()}
+    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, data: TrainingData | None = None, val: TrainingData | None = None,
+                 progress: bool = True):
+        self.cfg = cfg
+        self.out = Path(cfg.out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        torch.manual_seed(cfg.seed)
+        self.schedule = NoiseSchedule()
+        self.net = Denoiser(ModelConfig.fromdict(cfg.model))
+        self.ema = Denoiser(ModelConfig.fromdict(cfg.model))
+        self.ema.load_state_dict(self.net.state_dict())
+        self.ema.requires_grad_(False)
+        self.opt = torch.optim.AdamW(self.net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.step = 0
+        self.wall = 0.0
+        self.best_val = math.inf
+        self.bad_evals = 0
+        self.history: list[dict] = []
+        self.gen = torch.Generator().manual_seed(cfg.seed)
+        self.rng = np.random.default_rng(cfg.seed)
+        self.progress = progress
+        self.data, self.val = data, val
+
+    # data is loaded lazily so that resume() can check the run before the slow part
+    def ensure_data(self):
+        if self.data is None:
+            if self.cfg.data:  # the user's own equilibrium structures; same index rule for the split
+                from .data import load_structures
+
+                ms = load_structures(self.cfg.data)
+                ms.ids = np.arange(len(ms), dtype=np.int64) + 1
+                mm = mmff_starts(ms, name="") if self.cfg.mmff_fraction > 0 else None
+            else:
+                ms = load_qm9()
+                mm = mmff_starts() if self.cfg.mmff_fraction > 0 else None
+            train_sel = np.nonzero(ms.ids % 10 >= 2)[0]
+            if self.cfg.max_train_molecules:
+                train_sel = train_sel[: self.cfg.max_train_molecules]
+            val_all = np.nonzero(ms.ids % 10 == 1)[0]  # a fixed random sample: QM9 order correlates with size
+            val_sel = np.sort(np.random.default_rng(12345).permutation(val_all)[: self.cfg.val_molecules])
+            sub = lambda sel: (ms.subset(sel), None if mm is None else _subset_atoms(ms, mm, sel))
+            self.data = TrainingData(*sub(train_sel))
+            self.val = TrainingData(*sub(val_sel))
+            if np.any(self.data.ms.ids % 10 == 0):
+                raise ValueError("training data contains QM9 test-split molecules (Index % 10 == 0)")
+
+    # ------------------------------------------------------------ state
+    def state_paths(self):
+        return self.out / "state.safetensors", self.out / "state.json"
+
+    def save_state(self):
+        tensors = {f"net.{k}": v for k, v in self.net.state_dict().items()}
+        tensors.update({f"ema.{k}": v for k, v in self.ema.state_dict().items()})
+        opt_t, opt_meta = _optimizer_tensors(self.opt)
+        tensors.update({f"opt.{k}": v for k, v in opt_t.items()})
+        tensors["rng.torch"] = self.gen.get_state()
+        meta = {
+            "config": asdict(self.cfg), "step": self.step, "wall_s": self.wall, "best_val": self.best_val,
+            "bad_evals": self.bad_evals, "lr": self.opt.param_groups[0]["lr"], "optimizer": opt_meta,
+            "numpy_rng": self.rng.bit_generator.state, "history": self.history,
+        }
+        st, js = self.state_paths()
+        # both files carry the step; resume refuses a mismatched pair
+        tensors["meta.step"] = torch.tensor([self.step])
+        atomic_save_tensors(st, tensors)
+        atomic_write_json(js, meta)
+
+    def resume(self) -> bool:
+        st, js = self.state_paths()
+        if not (st.exists() and js.exists()):
+            return False
+        meta = json.loads(js.read_text())
+        tensors = load_file(str(st))
+        if int(tensors["meta.step"][0]) != meta["step"]:
+            raise RuntimeError(f"{st} and {js} disagree on the step: a write was interrupted; "
+                               "delete the newer one to resume from the other")
+        self.net.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("net.")})
+        self.ema.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
+        _load_optimizer(self.opt, {k[4:]: v for k, v in tensors.items() if k.startswith("opt.")}, meta["optimizer"])
+        for g in self.opt.param_groups:
+            g["lr"] = meta["lr"]
+        self.gen.set_state(tensors["rng.torch"])
+        self.rng.bit_generator.state = meta["numpy_rng"]
+        self.step, self.wall = meta["step"], meta["wall_s"]
+        self.best_val, self.bad_evals, self.history = meta["best_val"], meta["bad_evals"], meta["history"]
+        return True
+
+    # ------------------------------------------------------------ steps
+    def loss(self, net: Denoiser, batch, gen, teacher_forcing: float):
+        numbers, x0, disp, mol, is_mmff_mol = batch
+        n_mol = int(mol.max()) + 1
+        x_t, t, eps, sigma = make_inputs(self.schedule, numbers, x0, disp, mol, n_mol, is_mmff_mol, gen)
+        pairs = molecule_pairs(mol, n_mol)
+        s, v = net.representation(numbers, x_t, mol, n_mol, pairs)
+        out = net.time_output(s, mol, n_mol)
+        t_true = t.float() / self.schedule.T
+        if net.config.time_target == "t_frac":
+            t_hat, time_se = out, (out - t_true) ** 2
+        else:
+            t_hat, time_se = net.log_sigma_to_t_frac(out), (out - torch.log(sigma).float()) ** 2
+        use_true = torch.rand(n_mol, generator=gen) < teacher_forcing
+        t_in = torch.where(use_true, t_true, t_hat.detach().clamp(0, 1))
+        eps_hat = net.predict_noise(s, v, t_in[mol], mol, n_mol)
+        noise_mse_atom = ((eps_hat - eps) ** 2).mean(-1)
+        noise_mse_mol = torch.zeros(n_mol).index_add_(0, mol, noise_mse_atom) / torch.bincount(mol, minlength=n_mol)
+        loss = noise_mse_atom.mean() + self.cfg.time_weight * time_se.mean()
+        return loss, {"t": t, "t_hat": t_hat.detach(), "noise_mse": noise_mse_mol.detach(), "x_t": x_t,
+                      "eps_hat": eps_hat.detach(), "mol": mol, "x0": x0}
+
+    def batch(self, data: TrainingData, mol_ids: np.ndarray, mmff_mask: np.ndarray):
+        numbers, x0, disp, mol = data.gather(mol_ids)
+        return numbers, x0, disp, mol, torch.from_numpy(mmff_mask)
+
+    def train_batch_ids(self):
+        B, data = self.cfg.batch_size, self.data
+        n_mmff = int(round(B * self.cfg.mmff_fraction)) if len(data.mmff_ids) else 0
+        ids = np.concatenate([
+            self.rng.choice(data.mmff_ids, n_mmff) if n_mmff else np.zeros(0, dtype=np.int64),
+            self.rng.integers(0, len(data), B - n_mmff),
+        ])
+        mask = np.zeros(B, dtype=bool)
+        mask[:n_mmff] = True
+        return ids, mask
+
+    @torch.no_grad()
+    def validate(self) -> dict:
+        """Fixed-seed validation on the val split: loss per t-range, and MMFF one-shot denoising."""
+        net = self.ema
+        net.eval()
+        gen = torch.Generator().manual_seed(1234)
+        ranges = [(1, 50), (50, 150), (150, 400), (400, 1000)]
+        out = {}
+        total = 0.0
+        V = len(self.val)
+        for lo, hi in ranges:
+            mse, mae, n = 0.0, 0.0, 0
+            for start in range(0, V, 128):
+                ids = np.arange(start, min(V, start + 128))
+                numbers, x0, disp, mol, _ = self.batch(self.val, ids, np.zeros(len(ids), bool))
+                n_mol = len(ids)
+                t = torch.randint(lo, hi + 1, (n_mol,), generator=gen)
+                eps = remove_mean(torch.randn(x0.shape, generator=gen), mol, n_mol)
+                x_t = self.schedule.q_sample(x0, t[mol], eps)
+                t_hat, eps_hat = net(numbers, x_t, mol, n_mol, t_frac=t.float() / self.schedule.T)
+                mse += ((eps_hat - eps) ** 2).mean().item() * n_mol
+                mae += (t_hat.clamp(0, 1) * self.schedule.T - t).abs().sum().item()
+                n += n_mol
+            out[f"noise_mse_t{lo}-{hi}"] = mse / n
+            out[f"time_mae_t{lo}-{hi}"] = mae / n
+            total += mse / n
+        ids = np.nonzero(self.val.has_mmff)[0]
+        if len(ids):
+            before, after, t_hats = [], [], []
+            for start in range(0, len(ids), 128):
+                sel = ids[start:start + 128]
+                numbers, x0, disp, mol, _ = self.batch(self.val, sel, np.ones(len(sel), bool))
+                n_mol = len(sel)
+                x = x0 + disp
+                pred = denoise(net, self.schedule, numbers, x, mol, n_mol)  # the sampler's own path
+                x0_hat = pred.x0_hat
+                for k in range(n_mol):
+                    m = (mol == k).numpy()
+                    before.append(float(np.sqrt((disp[m].numpy() ** 2).sum(1).mean())))
+                    y = kabsch_align(x0_hat[m].numpy().astype(np.float64), x0[m].numpy().astype(np.float64))
+                    after.append(float(np.sqrt(((y - x0[m].numpy()) ** 2).sum(1).mean())))
+                t_hats.extend(pred.t_hat.tolist())
+            before, after = np.array(before), np.array(after)
+            out["mmff_rmsd_before_median"] = float(np.median(before))
+            out["mmff_oneshot_rmsd_median"] = float(np.median(after))
+            out["mmff_oneshot_ratio_median"] = float(np.median(after / before))
+            out["mmff_oneshot_fail_frac"] = float(np.mean(after > before))
+            out["mmff_t_hat_median"] = float(np.median(t_hats))
+            total += out["mmff_oneshot_ratio_median"]
+        out["val_score"] = total
+        return out
+
+    def card(self, metrics: dict | None = None) -> dict:
+        return {
+            "name": Path(self.cfg.out).name,
+            "description": "MoreRed-JT PaiNN denoiser (noise + time-step heads) for molecule relaxation",
+            "training": {
+                "data": "QM9 (qm9pack) B3LYP/6-31G(2df,p) minima, train split (QM9 Index % 10 not in {0, 1})"
+                        + (" + MMFF94 minima started from each training reference" if self.cfg.mmff_fraction else ""),
+                "split": {"test": "Index % 10 == 0 (never trained on)", "val": "Index % 10 == 1", "train": "rest"},
+                "steps": self.step, "batch_size": self.cfg.batch_size, "wall_s": round(self.wall, 1),
+                "config": asdict(self.cfg),
+            },
+            "max_atoms": int(self.data.ms.sizes().max()) if self.data is not None else None,
+            "elements_seen": sorted(int(z) for z in np.unique(self.data.ms.numbers)) if self.data is not None else None,
+            "validation": metrics or next((h for h in reversed(self.history) if "val_score" in h), {}),
+            "curriculum": [h for h in self.history if "config_change" in h],
+            "units": "positions in Angstrom; sigma_t per coordinate in Angstrom",
+        }
+
+    def train(self, steps: int | None = None, stop_after_s: float | None = None):
+        """Train to ``steps``; SIGTERM/SIGINT finish the current step and save, so ``kill PID`` loses nothing."""
+        import signal
+        import threading
+
+        stop: list = []
+        saved = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                saved[sig] = signal.signal(sig, lambda *_: stop.append(True))
+        try:
+            return self._train(steps, stop_after_s, stop)
+        finally:
+            for sig, handler in saved.items():
+                signal.signal(sig, handler)
+
+    def _train(self, steps, stop_after_s, stop: list):
+        self.ensure_data()
+        target = steps or self.cfg.steps
+        bar = None
+        if self.progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=target, initial=self.step, desc="train", mininterval=5, dynamic_ncols=True)
+        self.net.train()
+        t_start = time.time()
+        last_save = time.time()
+        running = None
+        while self.step < target and not stop:
+            t0 = time.time()
+            ids, mask = self.train_batch_ids()
+            loss, _ = self.loss(self.net, self.batch(self.data, ids, mask), self.gen, self.cfg.teacher_forcing)
+            if self.cfg.lr_decay_end > self.cfg.lr_decay_start:
+                for g in self.opt.param_groups:
+                    g["lr"] = cosine_lr(self.step, self.cfg)
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.net.parameters(), self.cfg.grad_clip)
+            self.opt.step()
+            with torch.no_grad():
+                d = min(self.cfg.ema_decay, (1 + self.step) / (10 + self.step))
+                for pe, p in zip(self.ema.parameters(), self.net.parameters()):
+                    pe.mul_(d).add_(p.detach(), alpha=1 - d)
+            self.step += 1
+            self.wall += time.time() - t0
+            running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
+            if bar:
+                bar.update(1)
+                bar.set_postfix(loss=f"{running:.4f}", lr=f"{self.opt.param_groups[0]['lr']:.1e}", refresh=False)
+            if self.step % self.cfg.val_every == 0 or self.step == target:
+                metrics = self.validate()
+                metrics.update(step=self.step, wall_s=round(self.wall, 1), train_loss=running,
+                               lr=self.opt.param_groups[0]["lr"])
+                self.history.append(metrics)
+                improved = metrics["val_score"] < self.best_val
+                if improved:
+                    self.best_val = metrics["val_score"]
+                    self.bad_evals = 0
+                    save_model(self.out / "best", self.ema, self.schedule, self.card(metrics))
+                else:
+                    self.bad_evals += 1
+                    if self.bad_evals >= self.cfg.plateau_patience and not self.cfg.lr_decay_end:
+                        for g in self.opt.param_groups:
+                            g["lr"] = max(self.cfg.min_lr, g["lr"] * 0.5)
+                        self.bad_evals = 0
+                line = json.dumps({k: (round(v, 5) if isinstance(v, float) else v) for k, v in metrics.items()})
+                with open(self.out / "log.jsonl", "a") as fh:
+                    fh.write(line + "\n")
+                if bar:
+                    bar.write(line)
+                self.save_state()
+                last_save = time.time()
+                self.net.train()
+            elif self.step % self.cfg.ckpt_every == 0 or time.time() - last_save > 300:
+                self.save_state()
+                last_save = time.time()
+            if stop_after_s is not None and time.time() - t_start > stop_after_s:
+                break
+        self.save_state()
+        save_model(self.out / "last", self.ema, self.schedule, self.card())
+        if bar:
+            bar.close()
+        return self.history
+
+
+def cosine_lr(step: int, cfg: TrainConfig) -> float:
+    a, b = cfg.lr_decay_start, cfg.lr_decay_end
+    frac = min(1.0, max(0.0, (step - a) / (b - a)))
+    return cfg.min_lr + (cfg.lr - cfg.min_lr) * 0.5 * (1.0 + math.cos(math.pi * frac))
+
+
+def _subset_atoms(ms: MoleculeSet, per_atom: np.ndarray, sel: np.ndarray) -> np.ndarray:
+    return np.concatenate([per_atom[ms.offsets[i]:ms.offsets[i + 1]] for i in sel])
+
+
+def run_training(cfg: TrainConfig, resume: bool = True, progress: bool = True, stop_after_s=None) -> Trainer:
+    trainer = Trainer(cfg, progress=progress)
+    st, js = trainer.state_paths()
+    if resume and trainer.resume():
+        saved = json.loads(js.read_text())["config"]
+        for k in ("model", "batch_size"):
+            if saved[k] != asdict(cfg)[k]:
+                raise ValueError(f"--resume: {k} differs from the run in {cfg.out} ({saved[k]} != {asdict(cfg)[k]})")
+        saved = {**asdict(TrainConfig()), **saved}  # options newer than the run count as their defaults
+        changed = {k: [saved[k], v] for k, v in asdict(cfg).items() if saved[k] != v
+                   and k in ("mmff_fraction", "teacher_forcing", "time_weight", "steps", "lr",
+                             "lr_decay_start", "lr_decay_end")}
+        if changed:  # a curriculum change: recorded in the history, and so in the model card
+            trainer.history.append({"step": trainer.step, "config_change": changed})
+    elif not resume and st.exists():
+        raise FileExistsError(f"{cfg.out} already holds a run; pass --resume or choose another --out")
+    trainer.train(stop_after_s=stop_after_s)
+    return trainer

@@ -1,0 +1,120 @@
+"""Physics calculators for the hand-off stages: GFN2-xTB (tblite or xtb-python) and PySCF DFT,
+plus a wrapper that counts real evaluations without touching the wrapped calculator."""
+from __future__ import annotations
+
+import numpy as np
+from ase.calculators.calculator import (
+    Calculator,
+    CalculatorSetupError,
+    PropertyNotImplementedError,
+    SCFError,
+    all_changes,
+)
+from ase.units import Bohr, Hartree
+
+
+def xtb_calculator(method: str = "GFN2-xTB", backend: str = "auto", charge: int = 0, uhf: int = 0, **kwargs):
+    """A quiet GFN2-xTB ASE calculator for the given total charge and unpaired electrons:
+    tblite (default) or xtb-python."""
+    if backend in ("auto", "tblite"):
+        try:
+            from tblite.ase import TBLite
+
+            return TBLite(method=method, verbosity=0, charge=charge, multiplicity=uhf + 1, **kwargs)
+        except ImportError:
+            if backend == "tblite":
+                raise ImportError("tblite is not installed: pip install 'ase_diffrelax[xtb]'") from None
+    try:
+        from xtb.ase.calculator import XTB
+    except ImportError:
+        raise ImportError("no xTB backend: pip install 'ase_diffrelax[xtb]' (tblite or xtb)") from None
+    return XTB(method=method, charge=charge, uhf=uhf, **kwargs)
+
+
+class CountingCalculator(Calculator):
+    """Delegates to ``inner`` and counts how often it really computes (cached reads are free)."""
+
+    implemented_properties = ["energy", "free_energy", "forces"]
+
+    def __init__(self, inner: Calculator):
+        super().__init__()
+        self.inner = inner
+        self.calls = 0
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        self.calls += 1
+        self.results = {"energy": self.inner.get_property("energy", self.atoms),
+                        "forces": self.inner.get_property("forces", self.atoms)}
+        try:
+            self.results["free_energy"] = self.inner.get_property("free_energy", self.atoms)
+        except PropertyNotImplementedError:
+            self.results["free_energy"] = self.results["energy"]
+
+
+class PySCFCalculator(Calculator):
+    """Kohn-Sham DFT energy and analytic gradient from PySCF, in eV and eV/A.
+
+    Default level B3LYP/6-31G(2df,p), the level of the QM9 reference geometries (PySCF's
+    "b3lyp" uses VWN-RPA like Gaussian). ``density_fit=True`` uses RI-J/K (about 3x faster,
+    a small, consistent energy shift). The SCF of each call starts from the previous density
+    (PySCF's gradient scanner), which saves cycles between steps of one relaxation.
+    """
+
+    implemented_properties = ["energy", "free_energy", "forces"]
+    default_parameters = {
+        "xc": "b3lyp", "basis": "6-31g(2df,p)", "density_fit": False, "charge": 0, "spin": 0,
+        "threads": None, "conv_tol": 1e-9, "grid_level": 3, "max_memory": 4000, "verbose": 0,
+    }
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self._scanner = None
+        self._numbers = None
+
+    def set(self, **kwargs):
+        """Change parameters; any change drops the cached SCF scanner and results."""
+        changed = super().set(**kwargs)
+        if changed:
+            self._scanner = None
+            self.reset()
+        return changed
+
+    def _build(self, atoms):
+        from pyscf import dft, gto
+
+        p = self.parameters
+        n_electrons = int(atoms.numbers.sum()) - int(p.charge)
+        if n_electrons % 2 != int(p.spin) % 2:
+            raise CalculatorSetupError(
+                f"{n_electrons} electrons (charge {p.charge:+d}) cannot have spin {p.spin} (unpaired electrons): "
+                "set charge/spin consistently")
+        mol = gto.M(atom=[(int(z), pos) for z, pos in zip(atoms.numbers, atoms.positions)], unit="Angstrom",
+                    basis=p.basis, charge=p.charge, spin=p.spin, verbose=p.verbose, max_memory=p.max_memory)
+        mf = dft.RKS(mol) if p.spin == 0 else dft.UKS(mol)
+        mf.xc = p.xc
+        mf.conv_tol = p.conv_tol
+        mf.grids.level = p.grid_level
+        if p.density_fit:
+            mf = mf.density_fit()
+        self._scanner = mf.nuc_grad_method().as_scanner()
+        self._mol = mol
+        self._numbers = atoms.numbers.copy()
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        from pyscf import lib
+
+        super().calculate(atoms, properties, system_changes)
+        if self.atoms.pbc.any():
+            raise CalculatorSetupError("PySCFCalculator: molecules only (pbc must be False)")
+        if self._scanner is None or not np.array_equal(self._numbers, self.atoms.numbers):
+            self._build(self.atoms)
+        mol = self._mol.set_geom_(self.atoms.positions, unit="Angstrom", inplace=False)
+        threads = int(self.parameters.threads) if self.parameters.threads else lib.num_threads()
+        with lib.with_omp_threads(threads):  # PySCF's global thread count stays the user's
+            e, g = self._scanner(mol)
+        if not self._scanner.base.converged:
+            raise SCFError("PySCF SCF did not converge")
+        self._mol = mol
+        self.results = {"energy": e * Hartree, "free_energy": e * Hartree,
+                        "forces": -np.asarray(g) * Hartree / Bohr}
