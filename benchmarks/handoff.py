@@ -5,7 +5,7 @@ B3LYP/6-31G(2df,p) via PySCF) is started from:
   mmff              SMILES (stereo from the reference) -> ETKDG -> MMFF94, mapped onto the
                     reference atom order
   diffusion         mmff -> DiffusionRelax, default policy
-  diffusion-fixed50 mmff -> DiffusionRelax, fixed T0 = 50 (paper 000)
+  diffusion-fixed50 mmff -> DiffusionRelax, fixed T0 = 50 (the relaxation paper)
   diffusion-fixed20 mmff -> DiffusionRelax, fixed T0 = 20
   xtb-preopt        mmff -> GFN2-xTB BFGS (the cheap physical peer; for --level dft)
   reference         the QM9 B3LYP geometry
@@ -194,7 +194,7 @@ def plots(result: dict, starts: list[str], out_prefix: Path) -> list[str]:
     files = []
     if not table:
         return files
-    # paper 000 Fig. 9 style: steps from diffusion vs from MMFF; arrows = energy delta of the final structures
+    # the relaxation paper's Fig. 9 style: steps from diffusion vs from MMFF; arrows = energy delta of the final structures
     fig, ax = plt.subplots(figsize=(5.5, 5))
     xs = np.array([t["mmff"]["steps"] for t in table])
     ys = np.array([t["diffusion"]["steps"] for t in table])

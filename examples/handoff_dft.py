@@ -1,19 +1,19 @@
-"""MMFF94 -> diffusion -> B3LYP (PySCF) BFGS to fmax 0.03 eV/A, the paper-000 workflow.
+"""MMFF94 -> diffusion -> B3LYP (PySCF) BFGS to fmax 0.03 eV/A, the relaxation paper's workflow.
 
     python examples/handoff_dft.py "OCC#N"                       # QM9 level, density fitting
     python examples/handoff_dft.py "OCC#N" --basis sto-3g        # seconds, for trying it out
 
 B3LYP/6-31G(2df,p) is the level of the QM9 geometries the model learned; a gradient costs ~25-60 s
 for 4-6 heavy atoms on one CPU thread with density fitting (docs/benchmarks.md), so a relaxation
-takes minutes to tens of minutes. Trajectories of every stage go to handoff_dft_<k>_<stage>.traj
-(`ase gui handoff_dft_2_dft.traj`).
+takes minutes to tens of minutes; every BFGS step is logged. Trajectories of every stage go to
+out/handoff_dft_<k>_<stage>.traj (`ase gui out/handoff_dft_2_dft.traj`).
 """
 import argparse
-import json
+import os
 
 from ase.io import write
 
-from ase_diffrelax.workflows.pipeline import run_pipeline
+from ase_diffrelax import run_pipeline
 
 p = argparse.ArgumentParser()
 p.add_argument("smiles", nargs="?", default="OCC#N")
@@ -24,9 +24,10 @@ p.add_argument("--skip-diffusion", action="store_true", help="the MMFF -> DFT ba
 args = p.parse_args()
 
 stages = ["mmff", "dft"] if args.skip_diffusion else ["mmff", "diffusion", "dft"]
-res = run_pipeline(args.smiles, stages=stages, traj_prefix="handoff_dft",
+os.makedirs("out", exist_ok=True)
+res = run_pipeline(args.smiles, stages=stages, traj_prefix="out/handoff_dft", physics_log="-",
                    physics_params={"xc": "b3lyp", "basis": args.basis, "density_fit": not args.no_density_fit,
                                    "threads": args.threads})
-print(json.dumps(res.report(), indent=1, default=str))
-write("handoff_dft_final.xyz", res.atoms)
-print("wrote handoff_dft_final.xyz")
+print(res.table())
+write("out/handoff_dft_final.extxyz", res.atoms)  # with the DFT energy and forces
+print("wrote out/handoff_dft_final.extxyz")

@@ -2,11 +2,12 @@
 
     python examples/handoff_xtb.py "CC(O)C#N"
 """
-import json
+import os
 import sys
 
-from ase_diffrelax.workflows.pipeline import run_pipeline
+from ase_diffrelax import run_pipeline
 
 smiles = sys.argv[1] if len(sys.argv) > 1 else "CC(O)C#N"
-res = run_pipeline(smiles, stages=["mmff", "diffusion", "xtb"], traj_prefix="handoff")
-print(json.dumps(res.report(), indent=1, default=str))
+os.makedirs("out", exist_ok=True)
+res = run_pipeline(smiles, stages=["mmff", "diffusion", "xtb"], traj_prefix="out/handoff")
+print(res.table())

@@ -1,21 +1,22 @@
 """Relax every frame of an xyz file as one batch, write the results and a summary.
 
     python examples/relax_batch.py input.xyz relaxed.xyz
-(without arguments it makes a demo input from a few SMILES)
+(without arguments it makes a demo input from a few SMILES, under out/)
 """
+import os
 import sys
 
 from ase.io import read, write
 
-from ase_diffrelax import relax_many
-from ase_diffrelax.chem.rdkit_interop import atoms_from_smiles
+from ase_diffrelax import atoms_from_smiles, relax_many
 
 if len(sys.argv) > 1:
     frames = read(sys.argv[1], ":")
 else:
     frames = [atoms_from_smiles(s) for s in ["CCO", "CC(=O)O", "c1ccncc1", "OCC(N)C=O", "CC#N"]]
-    write("demo_input.xyz", frames)
-out = sys.argv[2] if len(sys.argv) > 2 else "relaxed.xyz"
+    os.makedirs("out", exist_ok=True)
+    write("out/demo_input.xyz", frames)
+out = sys.argv[2] if len(sys.argv) > 2 else "out/relaxed.xyz"
 
 results = relax_many(frames)  # 16 in flight on CPU, 256 on CUDA (docs/benchmarks.md)
 for k, r in enumerate(results):

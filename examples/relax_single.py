@@ -6,8 +6,7 @@ import sys
 
 from ase.io import write
 
-from ase_diffrelax import DiffusionRelax
-from ase_diffrelax.chem.rdkit_interop import atoms_from_smiles
+from ase_diffrelax import DiffusionRelax, atoms_from_smiles
 
 smiles = sys.argv[1] if len(sys.argv) > 1 else "CC(=O)NC"
 out = sys.argv[2] if len(sys.argv) > 2 else "relaxed.xyz"

@@ -10,13 +10,12 @@ import sys
 
 from ase.io import read
 
-from ase_diffrelax import DiffusionRelax
-from ase_diffrelax.chem.rdkit_interop import atoms_from_smiles
+from ase_diffrelax import DiffusionRelax, atoms_from_smiles
 
 atoms = atoms_from_smiles("OCC(N)C=O")
 DiffusionRelax(atoms, trajectory="relax.traj", seed=0, logfile=None).run()
 frames = read("relax.traj", ":")
 for k, f in enumerate(frames):
-    print(k, f.info.get("diffusion_t"))
+    print(k, f.info.get("diffusion_t"), f.info.get("diffusion_t_used"))
 if "--no-gui" not in sys.argv:
     subprocess.run([sys.executable, "-m", "ase", "gui", "relax.traj"], check=False)

@@ -145,7 +145,9 @@ def load_model(name_or_path=None, device=None) -> LoadedModel:
     net = Denoiser(ModelConfig.fromdict(card["config"]))
     net.load_state_dict(load_file(str(weights)))
     net.eval()
-    schedule = NoiseSchedule(**card.get("schedule", {}))
-    model = LoadedModel(net.to(dev), schedule, card, base)
+    if card.get("schedule", net.schedule.todict()) != net.schedule.todict():
+        raise ValueError(f"{base}.json: card schedule {card['schedule']} differs from the model config's "
+                         f"{net.schedule.todict()}")
+    model = LoadedModel(net.to(dev), net.schedule, card, base)
     _LOADED[key] = model
     return model

@@ -157,7 +157,7 @@ class Denoiser(nn.Module):
         self.time_head = nn.Sequential(nn.Linear(F, F // 2), nn.SiLU(), nn.Linear(F // 2, 1))
         from .schedule import NoiseSchedule
 
-        sched = NoiseSchedule(c.schedule_T, c.schedule_s)
+        self.schedule = sched = NoiseSchedule(c.schedule_T, c.schedule_s)  # the one schedule of this model
         self.register_buffer("log_sigma_table", torch.tensor(np.log(sched.sigma), dtype=torch.float32),
                              persistent=False)
         self.noise_in = nn.Linear(F + c.time_features, F)

@@ -181,8 +181,8 @@ class Trainer:
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         torch.manual_seed(cfg.seed)
-        self.schedule = NoiseSchedule()
         self.net = Denoiser(ModelConfig.fromdict(cfg.model))
+        self.schedule = self.net.schedule
         self.ema = Denoiser(ModelConfig.fromdict(cfg.model))
         self.ema.load_state_dict(self.net.state_dict())
         self.ema.requires_grad_(False)

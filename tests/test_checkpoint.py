@@ -1,0 +1,46 @@
+"""The checkpoint registry, package data and the shared model cache."""
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from ase_diffrelax import available_models, load_model
+from ase_diffrelax.core.checkpoint import checkpoint_dir, registry, sha256
+
+
+def test_registry_lists_files_that_exist_with_their_hashes():
+    reg = registry()
+    assert reg["default"] in reg["models"]
+    for name, entry in reg["models"].items():
+        path = checkpoint_dir() / entry["weights"]
+        assert path.exists(), name
+        assert sha256(path) == entry["sha256"], f"{name}: weights changed without updating registry.json"
+        assert (checkpoint_dir() / entry["card"]).exists()
+    info = available_models()
+    assert all("level_of_theory" in e and "elements" in e for e in info.values())
+
+
+def test_default_model_by_name_and_by_path_is_the_same_cached_object():
+    by_name = load_model()
+    assert load_model(reg_default := registry()["default"]) is by_name
+    assert load_model(checkpoint_dir() / reg_default) is by_name
+    assert by_name.level_of_theory == registry()["models"][reg_default]["level_of_theory"]
+
+
+def test_moving_a_model_to_another_device_does_not_move_the_shared_one():
+    shared = load_model()
+    moved = shared.to(torch.device("meta"))
+    assert moved is not shared and moved.device.type == "meta"
+    assert shared.device.type == "cpu" and load_model().device.type == "cpu"
+
+
+def test_unknown_name_lists_the_registry():
+    with pytest.raises(FileNotFoundError, match=registry()["default"]):
+        load_model("no-such-checkpoint")
+
+
+def test_import_is_light():
+    code = "import sys, ase_diffrelax; ase_diffrelax.__all__; print('torch' in sys.modules, 'benchmarks' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["False", "False"]
