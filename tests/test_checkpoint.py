@@ -44,3 +44,26 @@ def test_import_is_light():
     code = "import sys, ase_diffrelax; ase_diffrelax.__all__; print('torch' in sys.modules, 'benchmarks' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["False", "False"]
+
+
+def test_automatic_choice_by_elements_and_size_and_the_error_that_lists_checkpoints(monkeypatch):
+    from ase import Atoms
+    from ase.build import molecule
+
+    from ase_diffrelax import InputError
+    from ase_diffrelax.core import checkpoint
+
+    fake = {"default": "small", "choice_order": ["small", "drug"], "models": {
+        "small": {"weights": "s.safetensors", "card": "s.json", "elements": ["H", "C", "N", "O", "F"], "atoms": [3, 29]},
+        "drug": {"weights": "d.safetensors", "card": "d.json", "elements": ["H", "C", "N", "O", "F", "S", "Cl", "Br"],
+                 "atoms": [8, 100]}}}
+    monkeypatch.setattr(checkpoint, "registry", lambda: fake)
+    monkeypatch.delenv("ASE_DIFFRELAX_MODEL", raising=False)
+    assert checkpoint.choose_model([molecule("CH3CH2OH")]) == "small"
+    assert checkpoint.choose_model([molecule("CH3CH2OH"), molecule("CH3Cl")]) == "drug"
+    chain = Atoms("C40H80", positions=[[1.5 * k, 0, 0] for k in range(120)])
+    assert checkpoint.choose_model([chain]) == "drug"  # too large for "small"
+    with pytest.raises(InputError, match=r"Si unknown to every shipped checkpoint: small \(H C N O F\); drug"):
+        checkpoint.choose_model([molecule("SiH4")])
+    monkeypatch.setenv("ASE_DIFFRELAX_MODEL", "small")
+    assert checkpoint.choose_model([molecule("CH3Cl")]) == "small"  # the user's choice wins

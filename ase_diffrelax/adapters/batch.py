@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..chem.topology import topology_change
-from ..core.checkpoint import load_model
+from ..core.checkpoint import choose_model, load_model
 from ..core.policy import Policy
 from ..core.sampler import Molecule, Sampler
 from ..core.validate import InputError, check_for_model
@@ -32,47 +32,50 @@ def relax_many(atoms_list, *, model=None, policy: Policy | str = "jt", batch_siz
     ``relax_many([atoms], seed=s)``. ``on_error="skip"`` returns structures the checkpoint
     cannot take as status "rejected" with the reason, in place, instead of raising.
     ``trajectory``: a file name with ``{i}`` (molecule index) for one ASE trajectory each.
+    ``model=None`` picks a shipped checkpoint per molecule (``choose_model``).
     """
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
-    model = load_model(model, device=device)
     atoms_list = list(atoms_list)
     if not atoms_list:
         raise InputError("empty batch: no structures to relax")
     if trajectory is not None and len(atoms_list) > 1 and "{i}" not in str(trajectory):
         raise ValueError("trajectory for several molecules needs '{i}' in the file name, e.g. 'relax_{i}.traj'")
     results: list[RelaxResult | None] = [None] * len(atoms_list)
-    todo = []
+    groups: dict = {}  # checkpoint -> indices it relaxes (model=None: chosen per molecule)
     for k, atoms in enumerate(atoms_list):
+        label = f"structure {k}"
         try:
-            check_for_model(atoms, model, label=f"structure {k}")
+            m = load_model(model if model is not None else choose_model([atoms], label), device=device)
+            check_for_model(atoms, m, label=label)
         except InputError as exc:
             if on_error == "raise":
                 raise
             results[k] = RelaxResult(atoms.copy(), "rejected", reason=str(exc))
             continue
-        todo.append(k)
-    sampler = Sampler(model, policy, record=trajectory is not None)
-    molecules = [Molecule(atoms_list[k].numbers, atoms_list[k].positions, fixed_mask(atoms_list[k]),
-                          None if seed is None else seed + k) for k in todo]
+        groups.setdefault(m, []).append(k)
     bar = None
-    if progress and molecules:
+    if progress and groups:
         from tqdm import tqdm
 
-        bar = tqdm(total=len(molecules), desc="relax", unit="mol", mininterval=1)
-    outcomes, _ = sampler.run(molecules, batch_size=batch_size or default_batch_size(sampler.device),
-                              swap_every=swap_every or (4 if sampler.device.type == "cuda" else 1), progress=bar)
+        bar = tqdm(total=sum(len(v) for v in groups.values()), desc="relax", unit="mol", mininterval=1)
+    for m, todo in groups.items():
+        sampler = Sampler(m, policy, record=trajectory is not None)
+        molecules = [Molecule(atoms_list[k].numbers, atoms_list[k].positions, fixed_mask(atoms_list[k]),
+                              None if seed is None else seed + k) for k in todo]
+        outcomes, _ = sampler.run(molecules, batch_size=batch_size or default_batch_size(sampler.device),
+                                  swap_every=swap_every or (4 if sampler.device.type == "cuda" else 1), progress=bar)
+        for k, oc in zip(todo, outcomes):
+            atoms = atoms_list[k]
+            out = atoms.copy()
+            out.set_positions(oc.positions, apply_constraint=False)
+            out.info.update(diffusion_t=oc.t_hat, diffusion_t_used=oc.t_used, diffusion_steps=oc.steps,
+                            diffusion_status=oc.status, diffusion_model=m.name,
+                            diffusion_level_of_theory=m.level_of_theory)
+            topo = topology_change(atoms.numbers, atoms.positions, out.positions)
+            results[k] = RelaxResult(out, oc.status, oc.steps, oc.t_hat, oc.t_used, topo, oc.reason)
+            if trajectory is not None:
+                write_history(str(trajectory).replace("{i}", str(k)), atoms, oc.history)
     if bar:
         bar.close()
-    for k, oc in zip(todo, outcomes):
-        atoms = atoms_list[k]
-        out = atoms.copy()
-        out.set_positions(oc.positions, apply_constraint=False)
-        out.info.update(diffusion_t=oc.t_hat, diffusion_t_used=oc.t_used, diffusion_steps=oc.steps,
-                        diffusion_status=oc.status, diffusion_model=model.name,
-                        diffusion_level_of_theory=model.level_of_theory)
-        topo = topology_change(atoms.numbers, atoms.positions, out.positions)
-        results[k] = RelaxResult(out, oc.status, oc.steps, oc.t_hat, oc.t_used, topo, oc.reason)
-        if trajectory is not None:
-            write_history(str(trajectory).replace("{i}", str(k)), atoms, oc.history)
     return results

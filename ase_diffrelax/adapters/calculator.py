@@ -5,7 +5,7 @@ import torch
 from ase.calculators.calculator import Calculator, all_changes
 from ase.units import kB
 
-from ..core.checkpoint import load_model
+from ..core.checkpoint import choose_model, load_model
 from ..core.denoise import denoise
 from ..core.validate import check_for_model
 
@@ -38,10 +38,13 @@ class DiffusionCalculator(Calculator):
 
     def __init__(self, model=None, device=None, **kwargs):
         super().__init__(**kwargs)
-        self.model = load_model(model, device=device)
+        self._device = device
+        self.model = load_model(model, device=device) if model is not None else None
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)
+        if self.model is None:  # the shipped checkpoint that knows these elements
+            self.model = load_model(choose_model([self.atoms]), device=self._device)
         check_for_model(self.atoms, self.model)
         sched = self.model.schedule
         dev = self.model.device

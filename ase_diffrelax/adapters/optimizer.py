@@ -14,7 +14,7 @@ import numpy as np
 from ase.optimize.optimize import Optimizer
 
 from ..chem.topology import topology_change
-from ..core.checkpoint import load_model
+from ..core.checkpoint import choose_model, load_model
 from ..core.policy import Policy
 from ..core.sampler import CONVERGED, RUNNING, Molecule, Sampler
 from ..core.validate import check_for_model
@@ -44,7 +44,8 @@ class DiffusionRelax(Optimizer):
     Parameters
     ----------
     atoms: the molecule (non-periodic, neutral, closed shell, elements known to the checkpoint).
-    model: checkpoint name, path, or loaded model (None: the shipped default).
+    model: checkpoint name, path, or loaded model (None: the shipped checkpoint that knows the
+        molecule's elements and size, see ``available_models()``; ``info["diffusion_model"]`` says which).
     policy: "jt" (predict t every step; default), "itp" (predict once, then follow the
         schedule), "fixed:t0=30" (the relaxation paper's fixed start), a spec such as
         "jt:stride=0.3", or a ``Policy`` object (``ase_diffrelax.make_policy``).
@@ -66,7 +67,7 @@ class DiffusionRelax(Optimizer):
                  on_topology_change: str = "warn"):
         if on_topology_change not in ("warn", "raise", "revert"):
             raise ValueError(f"on_topology_change must be 'warn', 'raise' or 'revert', not {on_topology_change!r}")
-        self.model = load_model(model, device=device)
+        self.model = load_model(model if model is not None else choose_model([atoms]), device=device)
         check_for_model(atoms, self.model)
         self.sampler = Sampler(self.model, policy)
         self.policy = self.sampler.policy

@@ -38,6 +38,39 @@ def available_models() -> dict[str, dict]:
             for name, entry in registry()["models"].items()}
 
 
+def choose_model(atoms_list, label: str = "input") -> str:
+    """The shipped checkpoint for these molecules: the first in the registry's ``choice_order`` that
+    knows every element and whose atom range holds the largest molecule, else the first that knows
+    every element. ``ASE_DIFFRELAX_MODEL`` overrides. No checkpoint knows an element: InputError
+    listing what is shipped."""
+    from ase.data import atomic_numbers, chemical_symbols
+
+    from .validate import InputError
+
+    if os.environ.get("ASE_DIFFRELAX_MODEL"):
+        return os.environ["ASE_DIFFRELAX_MODEL"]
+    reg = registry()
+    order = reg.get("choice_order", list(reg["models"]))
+    elements = set()
+    largest = 0
+    for atoms in atoms_list:
+        elements |= {int(z) for z in atoms.numbers}
+        largest = max(largest, len(atoms))
+    knows = [name for name in order
+             if elements <= {atomic_numbers[e] for e in reg["models"][name]["elements"]}]
+    if not knows:
+        shipped = "; ".join(f"{n} ({' '.join(e['elements'])})" for n, e in reg["models"].items())
+        missing = sorted(elements - set().union(*({atomic_numbers[x] for x in e["elements"]}
+                                                  for e in reg["models"].values())))
+        names = ", ".join(chemical_symbols[z] if 0 <= z < len(chemical_symbols) else str(z) for z in missing)
+        raise InputError(f"{label}: element(s) {names} unknown to every shipped checkpoint: {shipped}")
+    for name in knows:
+        lo, hi = reg["models"][name].get("atoms", [0, 10**9])
+        if largest <= 1.5 * hi:
+            return name
+    return knows[0]
+
+
 def sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
