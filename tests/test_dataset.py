@@ -4,8 +4,14 @@ import shutil
 import numpy as np
 import pytest
 
-from ase_diffrelax.training.xtb_dataset import (BuildProtocol, assemble, build_dataset, load_xtb_dataset,
-                                                read_smiles_file, relax_smiles)
+from ase_diffrelax.training.xtb_dataset import (
+    BuildProtocol,
+    assemble,
+    build_dataset,
+    load_xtb_dataset,
+    read_smiles_file,
+    relax_smiles,
+)
 
 pytest.importorskip("tblite")
 LOOSE = BuildProtocol(optimizer="tblite-lbfgs", fmax=0.05, accept_fmax=0.06, max_cycles=300)
