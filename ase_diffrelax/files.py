@@ -37,6 +37,25 @@ def atomic_write_json(path: str | os.PathLike, data, indent: int | None = 2) -> 
     return atomic_write_text(path, json.dumps(data, indent=indent, default=_json_default) + "\n")
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def atomic_save_tensors(path: str | os.PathLike, tensors: dict) -> Path:
+    """safetensors file, with the permissions of any other file (safetensors itself creates 0600)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp(path)
+    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp))
+    os.chmod(tmp, 0o666 & ~_umask())
+    os.replace(tmp, path)
+    return path
+
+
 def atomic_save_npz(path: str | os.PathLike, compressed: bool = True, **arrays) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -38,6 +38,11 @@ def test_training_reduces_loss_and_checkpoint_round_trip(tmp_path):
     # safetensors + JSON card, loaded without pickle, same predictions
     base = tmp_path / "run" / "best"
     assert base.with_suffix(".safetensors").exists()
+    import os
+    import stat
+
+    for f in (base.with_suffix(".safetensors"), tmp_path / "run" / "state.safetensors"):
+        assert stat.S_IMODE(os.stat(f).st_mode) & 0o044, "others must be able to read a checkpoint"
     card = json.loads(base.with_suffix(".json").read_text())
     assert card["config"]["features"] == 16 and card["training"]["steps"] in (30, 60)
     m = load_model(base)

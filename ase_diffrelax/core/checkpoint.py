@@ -14,9 +14,9 @@ from importlib import resources
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
-from ..files import atomic_write_json
+from ..files import atomic_save_tensors, atomic_write_json
 from .model import Denoiser, ModelConfig
 from .schedule import NoiseSchedule
 
@@ -77,12 +77,6 @@ def sha256(path: Path) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
-
-
-def atomic_save_tensors(path: Path, tensors: dict) -> None:
-    tmp = Path(str(path) + ".tmp")
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp))
-    os.replace(tmp, path)
 
 
 class LoadedModel:

@@ -32,11 +32,11 @@ import torch
 from safetensors.torch import load_file
 
 from ..chem.rmsd import kabsch_align
-from ..core.checkpoint import atomic_save_tensors, save_model
+from ..core.checkpoint import save_model
 from ..core.denoise import denoise
 from ..core.model import Denoiser, ModelConfig, molecule_pairs, remove_mean
 from ..core.schedule import NoiseSchedule
-from ..files import atomic_write_json
+from ..files import atomic_save_tensors, atomic_write_json
 from .data import MoleculeSet, load_qm9, mmff_starts
 
 
