@@ -17,6 +17,7 @@ _EXPORTS = {
     "TopologyChangedError": "adapters.optimizer",
     "DiffusionCalculator": "adapters.calculator",
     "relax_many": "adapters.batch",
+    "sample_ensemble": "adapters.ensemble",
     "RelaxResult": "adapters.batch",
     "load_model": "core.checkpoint",
     "available_models": "core.checkpoint",

@@ -177,3 +177,26 @@ def calibrated(policy: Policy, card: dict | None) -> Policy:
     if policy.t_scale_cap is None:
         fill["t_scale_cap"] = int(cal.get("t_scale_cap", 1000))
     return replace(policy, **fill) if fill else policy
+
+
+@dataclass(frozen=True)
+class FixedStepChain(Policy):
+    """Not a relaxation: one stochastic reverse step at the same step t, applied again and again.
+
+    The relaxation paper (section 4.4) found that such a chain samples geometries around a
+    minimum whose energy spread grows with t like a Boltzmann ensemble's grows with temperature.
+    It never converges; the caller decides how many steps to run.
+    """
+
+    name = "chain"
+    t: int = 20
+    eta: float = 1.0
+    stride: float = 0.0
+    threshold: int = -1
+    max_steps: int = 2**62
+
+    def current_t(self, t_hat, t_sched, first, t_prev):
+        return torch.full_like(t_hat, self.t)
+
+    def next_t(self, t):
+        return (t - 1).clamp(min=0)
