@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -176,8 +177,10 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, data: TrainingData | None = None, val: TrainingData | None = None,
                  progress: bool = True):
         self.cfg = cfg
+        self.rank, self.world = distributed_context()
         self.out = Path(cfg.out)
         self.out.mkdir(parents=True, exist_ok=True)
+        progress = progress and self.rank == 0
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         torch.manual_seed(cfg.seed)
@@ -224,7 +227,28 @@ class Trainer:
     def state_paths(self):
         return self.out / "state.safetensors", self.out / "state.json"
 
+    def _should_stop(self, local: bool) -> bool:
+        """Stop when any rank wants to (SIGTERM, time limit): all ranks leave at the same step."""
+        if self.world == 1:
+            return local
+        import torch.distributed as dist
+
+        flag = torch.tensor([1.0 if local else 0.0])
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item() > 0)
+
+    def _from_rank0(self, obj):
+        if self.world == 1:
+            return obj
+        import torch.distributed as dist
+
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
     def save_state(self):
+        if self.rank != 0:  # only rank 0 writes; the state is the same on every rank
+            return
         tensors = {f"net.{k}": v for k, v in self.net.state_dict().items()}
         tensors.update({f"ema.{k}": v for k, v in self.ema.state_dict().items()})
         opt_t, opt_meta = _optimizer_tensors(self.opt)
@@ -262,10 +286,25 @@ class Trainer:
         return True
 
     # ------------------------------------------------------------ steps
-    def loss(self, net: Denoiser, batch, gen, teacher_forcing: float):
+    def loss(self, net: Denoiser, batch, gen, teacher_forcing: float, shard: tuple[int, int] | None = None):
+        """Loss of one global batch; with ``shard=(rank, world)`` only this rank's molecules go through
+        the network, scaled so that the mean over ranks is the loss of the whole batch. Noise and
+        steps are drawn for the whole batch on every rank (same generator state everywhere), so a
+        run on N ranks takes the same steps as one process with the same global batch."""
         numbers, x0, disp, mol, is_mmff_mol = batch
         n_mol = int(mol.max()) + 1
         x_t, t, eps, sigma = make_inputs(self.schedule, numbers, x0, disp, mol, n_mol, is_mmff_mol, gen)
+        use_true_all = torch.rand(n_mol, generator=gen) < teacher_forcing
+        n_atoms_all, n_mol_all = len(numbers), n_mol
+        if shard is not None:
+            rank, world = shard
+            keep_mol = torch.arange(n_mol) % world == rank
+            keep = keep_mol[mol]
+            remap = torch.cumsum(keep_mol.long(), 0) - 1
+            numbers, x_t, eps, x0 = numbers[keep], x_t[keep], eps[keep], x0[keep]
+            mol = remap[mol[keep]]
+            t, sigma, use_true_all = t[keep_mol], sigma[keep_mol], use_true_all[keep_mol]
+            n_mol = int(keep_mol.sum())
         pairs = molecule_pairs(mol, n_mol)
         s, v = net.representation(numbers, x_t, mol, n_mol, pairs)
         out = net.time_output(s, mol, n_mol)
@@ -274,12 +313,15 @@ class Trainer:
             t_hat, time_se = out, (out - t_true) ** 2
         else:
             t_hat, time_se = net.log_sigma_to_t_frac(out), (out - torch.log(sigma).float()) ** 2
-        use_true = torch.rand(n_mol, generator=gen) < teacher_forcing
-        t_in = torch.where(use_true, t_true, t_hat.detach().clamp(0, 1))
+        t_in = torch.where(use_true_all, t_true, t_hat.detach().clamp(0, 1))
         eps_hat = net.predict_noise(s, v, t_in[mol], mol, n_mol)
         noise_mse_atom = ((eps_hat - eps) ** 2).mean(-1)
         noise_mse_mol = torch.zeros(n_mol).index_add_(0, mol, noise_mse_atom) / torch.bincount(mol, minlength=n_mol)
-        loss = noise_mse_atom.mean() + self.cfg.time_weight * time_se.mean()
+        if shard is None:
+            loss = noise_mse_atom.mean() + self.cfg.time_weight * time_se.mean()
+        else:
+            world = shard[1]
+            loss = world * (noise_mse_atom.sum() / n_atoms_all + self.cfg.time_weight * time_se.sum() / n_mol_all)
         return loss, {"t": t, "t_hat": t_hat.detach(), "noise_mse": noise_mse_mol.detach(), "x_t": x_t,
                       "eps_hat": eps_hat.detach(), "mol": mol, "x0": x0}
 
@@ -396,10 +438,21 @@ class Trainer:
         t_start = time.time()
         last_save = time.time()
         running = None
-        while self.step < target and not stop:
+        ddp = None
+        if self.world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ddp = DistributedDataParallel(_ShardLoss(self))
+        while self.step < target:
+            if self._should_stop(bool(stop) or (stop_after_s is not None and time.time() - t_start > stop_after_s)):
+                break
             t0 = time.time()
             ids, mask = self.train_batch_ids()
-            loss, _ = self.loss(self.net, self.batch(self.data, ids, mask), self.gen, self.cfg.teacher_forcing)
+            batch = self.batch(self.data, ids, mask)
+            if ddp is not None:  # this rank's molecules; DDP averages the gradients over ranks
+                loss = ddp(batch)
+            else:
+                loss, _ = self.loss(self.net, batch, self.gen, self.cfg.teacher_forcing)
             if self.cfg.lr_decay_end > self.cfg.lr_decay_start:
                 for g in self.opt.param_groups:
                     g["lr"] = cosine_lr(self.step, self.cfg)
@@ -418,7 +471,8 @@ class Trainer:
                 bar.update(1)
                 bar.set_postfix(loss=f"{running:.4f}", lr=f"{self.opt.param_groups[0]['lr']:.1e}", refresh=False)
             if self.step % self.cfg.val_every == 0 or self.step == target:
-                metrics = self.validate()
+                metrics = self.validate() if self.rank == 0 else None
+                metrics = self._from_rank0(metrics)  # every rank makes the same learning-rate decisions
                 metrics.update(step=self.step, wall_s=round(self.wall, 1), train_loss=running,
                                lr=self.opt.param_groups[0]["lr"])
                 self.history.append(metrics)
@@ -426,7 +480,8 @@ class Trainer:
                 if improved:
                     self.best_val = metrics["val_score"]
                     self.bad_evals = 0
-                    save_model(self.out / "best", self.ema, self.schedule, self.card(metrics))
+                    if self.rank == 0:
+                        save_model(self.out / "best", self.ema, self.schedule, self.card(metrics))
                 else:
                     self.bad_evals += 1
                     if self.bad_evals >= self.cfg.plateau_patience and not self.cfg.lr_decay_end:
@@ -434,8 +489,9 @@ class Trainer:
                             g["lr"] = max(self.cfg.min_lr, g["lr"] * 0.5)
                         self.bad_evals = 0
                 line = json.dumps({k: (round(v, 5) if isinstance(v, float) else v) for k, v in metrics.items()})
-                with open(self.out / "log.jsonl", "a") as fh:
-                    fh.write(line + "\n")
+                if self.rank == 0:
+                    with open(self.out / "log.jsonl", "a") as fh:
+                        fh.write(line + "\n")
                 if bar:
                     bar.write(line)
                 self.save_state()
@@ -444,13 +500,39 @@ class Trainer:
             elif self.step % self.cfg.ckpt_every == 0 or time.time() - last_save > 300:
                 self.save_state()
                 last_save = time.time()
-            if stop_after_s is not None and time.time() - t_start > stop_after_s:
-                break
         self.save_state()
-        save_model(self.out / "last", self.ema, self.schedule, self.card())
+        if self.rank == 0:
+            save_model(self.out / "last", self.ema, self.schedule, self.card())
         if bar:
             bar.close()
         return self.history
+
+
+class _ShardLoss(torch.nn.Module):
+    """The loss of this rank's share of a batch, as a module for DistributedDataParallel (the
+    trainer's network is the only registered child, so checkpoints keep their plain keys)."""
+
+    def __init__(self, trainer: "Trainer"):
+        super().__init__()
+        self.net = trainer.net
+        object.__setattr__(self, "_trainer", trainer)
+
+    def forward(self, batch):
+        tr = self._trainer
+        return tr.loss(self.net, batch, tr.gen, tr.cfg.teacher_forcing, shard=(tr.rank, tr.world))[0]
+
+
+def distributed_context() -> tuple[int, int]:
+    """(rank, world size). Under torchrun (WORLD_SIZE > 1) the process group is started here:
+    gloo on CPU, nccl when the trainer runs on CUDA (it runs on the CPU today)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group(backend="gloo")
+    return dist.get_rank(), dist.get_world_size()
 
 
 def cosine_lr(step: int, cfg: TrainConfig) -> float:
@@ -479,5 +561,11 @@ def run_training(cfg: TrainConfig, resume: bool = True, progress: bool = True, s
             trainer.history.append({"step": trainer.step, "config_change": changed})
     elif not resume and st.exists():
         raise FileExistsError(f"{cfg.out} already holds a run; pass --resume or choose another --out")
-    trainer.train(stop_after_s=stop_after_s)
+    try:
+        trainer.train(stop_after_s=stop_after_s)
+    finally:
+        if trainer.world > 1:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
     return trainer
