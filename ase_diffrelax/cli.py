@@ -59,11 +59,47 @@ def _train(args) -> int:
     return 0
 
 
+def _relax_collection(args) -> int:
+    import os
+
+    from .workflows.collection import parse_shard, relax_collection
+
+    if not os.path.exists(args.input):
+        raise UserError(f"{args.input}: no such file")
+    shard = parse_shard(args.shard)
+    t0 = __import__("time").perf_counter()
+    stats = relax_collection(args.input, args.output, shard=shard, resume=args.resume, model=args.model,
+                             policy=_policy(args), seed=args.seed, conformer_seed=args.conformer_seed,
+                             chunk_size=args.chunk_size, batch_size=args.batch_size, device=args.device,
+                             progress=not args.quiet)
+    wall = __import__("time").perf_counter() - t0
+    summary = ", ".join(f"{v} {k}" for k, v in sorted(stats.statuses.items())) or "nothing new"
+    print(f"shard {shard[0]}/{shard[1]}: {stats.entries} entries ({summary}); {stats.skipped_done} already done; "
+          f"{stats.entries / max(wall, 1e-9):.1f} molecules/s -> {args.output}")
+    print("seconds per stage: " + ", ".join(f"{k} {v:.1f}" for k, v in stats.seconds.items()))
+    return 0
+
+
+def _merge(args) -> int:
+    from .workflows.collection import merge_outputs
+
+    info = merge_outputs(args.inputs, args.output)
+    print(f"merged {info['rows']} rows into {args.output}; {info['n_missing']} input indices missing"
+          + (f" (first: {info['missing_indices'][:10]})" if info["n_missing"] else ""))
+    return 0 if not info["n_missing"] else 1
+
+
 def _relax(args) -> int:
     from ase.io import write
 
     from .adapters.batch import relax_many
 
+    streaming = (args.shard or args.resume or args.input.lower().endswith((".smi", ".smiles", ".txt"))
+                 or args.output.lower().endswith(".db"))
+    if streaming:
+        if args.traj:
+            raise UserError("--traj is not available with --shard/--resume/.smi/.db (large collections)")
+        return _relax_collection(args)
     frames = _read_frames(args.input, args.index)
     traj = args.traj
     if traj and len(frames) > 1 and "{i}" not in traj:
@@ -161,9 +197,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--debug", action="store_true", help="show the full traceback on errors")
     sub = p.add_subparsers(dest="cmd", required=True)
 
-    r = sub.add_parser("relax", help="relax every frame of an ASE-readable file as one batch")
-    r.add_argument("input", help="any ASE-readable file (xyz, extxyz, traj, sdf, ...)")
-    r.add_argument("-o", "--output", required=True, help="any ASE-writable file (format from the extension)")
+    r = sub.add_parser("relax", help="relax every frame of a file (or every SMILES of a .smi) as one batch")
+    r.add_argument("input", help="any ASE-readable file (xyz, extxyz, traj, sdf, ...), an ASE .db, or a .smi file "
+                   "(SMILES and an optional name per line)")
+    r.add_argument("-o", "--output", required=True,
+                   help="any ASE-writable file; .db or extxyz with --shard/--resume (written chunk by chunk)")
     r.add_argument("--index", default=":", help="frames to read (ASE index syntax)")
     _add_policy_options(r)
     r.add_argument("--max-steps", type=int, default=None, help="diffusion steps per molecule at most")
@@ -172,6 +210,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--traj", default=None, help="trajectory file(s) for ase gui ({i} = frame index)")
     r.add_argument("--skip-bad", action="store_true",
                    help="write structures the checkpoint cannot take unchanged, status 'rejected', instead of failing")
+    r.add_argument("--shard", default=None, metavar="I/N",
+                   help="relax only entries k with k %% N == I (a SLURM array task each); streams the input")
+    r.add_argument("--resume", action="store_true", help="continue an interrupted run into the same output")
+    r.add_argument("--chunk-size", type=int, default=512, help="entries per written chunk (streaming mode)")
+    r.add_argument("--conformer-seed", type=int, default=0, help="ETKDG seed for SMILES inputs")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
     r.set_defaults(func=_relax)
 
@@ -241,6 +284,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.set_defaults(func=_train)
 
+    g = sub.add_parser("merge", help="join the outputs of sharded relax runs, ordered by input index")
+    g.add_argument("inputs", nargs="+", help="shard outputs (.db or extxyz)")
+    g.add_argument("-o", "--output", required=True, help="merged .db or extxyz")
+    g.set_defaults(func=_merge)
+
     m = sub.add_parser("models", help="list the shipped checkpoints with their elements, sizes and level of theory")
     m.set_defaults(func=_models)
     return p
@@ -255,10 +303,11 @@ def main(argv=None) -> int:
     except ImportError as exc:
         print(f"ase-diffrelax: missing dependency: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except (UserError, ValueError, FileNotFoundError, RuntimeError) as exc:
+    except (UserError, ValueError, FileNotFoundError, FileExistsError, RuntimeError) as exc:
         from .core.validate import InputError
 
-        kind = "bad input" if isinstance(exc, (UserError, InputError, ValueError, FileNotFoundError)) else "failed"
+        bad = (UserError, InputError, ValueError, FileNotFoundError, FileExistsError)
+        kind = "bad input" if isinstance(exc, bad) else "failed"
         print(f"ase-diffrelax: {kind}: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT if kind == "bad input" else 1
 
