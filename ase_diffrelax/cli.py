@@ -44,15 +44,31 @@ def _policy(args):
 
 
 def _train(args) -> int:
-    from .core.model import ModelConfig
+    from .core.model import DEFAULT_ELEMENTS, ModelConfig
     from .training.trainer import TrainConfig, run_training
 
+    model_cfg = ModelConfig(features=args.features, blocks=args.blocks)
+    elements = DEFAULT_ELEMENTS
+    if args.init:
+        from .core.checkpoint import load_model
+
+        model_cfg = load_model(args.init, device="cpu").net.config  # width and depth come from the checkpoint
+        elements = model_cfg.elements
+    if args.elements:
+        from ase.data import atomic_numbers
+
+        try:
+            asked = {atomic_numbers[e.strip()] for e in args.elements.split(",")}
+        except KeyError as exc:
+            raise UserError(f"--elements: unknown element {exc.args[0]!r}") from None
+        elements = tuple(sorted(asked | set(elements) if args.init else asked))
+    model_cfg = ModelConfig(**{**model_cfg.todict(), "elements": tuple(elements)})
     cfg = TrainConfig(
         out=args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr, mmff_fraction=args.mmff_fraction,
         val_every=args.val_every, val_molecules=args.val_molecules, ckpt_every=args.ckpt_every, threads=args.threads,
         seed=args.seed, max_train_molecules=args.max_train_molecules, data=args.data or "",
         lr_decay_start=args.lr_decay[0], lr_decay_end=args.lr_decay[1],
-        model=ModelConfig(features=args.features, blocks=args.blocks).todict(),
+        model=model_cfg.todict(), init=args.init or "",
     )
     trainer = run_training(cfg, resume=args.resume, progress=not args.no_progress, stop_after_s=args.stop_after)
     print(json.dumps(trainer.history[-1] if trainer.history else {"step": trainer.step}))
@@ -273,8 +289,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
     t.add_argument("--seed", type=int, default=0, help="seed of batches, noise and initial weights")
     t.add_argument("--max-train-molecules", type=int, default=0, help="use only this many training molecules (0 = all)")
-    t.add_argument("--data", default=None, help="train on your own equilibrium structures (ASE file or .db) "
-                   "instead of QM9; frame k goes to validation when (k+1) %% 10 == 1, test when == 0")
+    t.add_argument("--data", default=None, help="train on your own equilibrium structures instead of QM9: an ASE "
+                   "file or .db (frame k goes to validation when (k+1) %% 10 == 1, test when == 0), or a dataset.npz "
+                   "built by 'ase-diffrelax dataset' (its own train/val split and MMFF94 starts)")
+    t.add_argument("--init", default=None, help="start from this checkpoint's weights (name or path): fine-tuning; "
+                   "width and depth come from it, new --elements get new embedding rows")
+    t.add_argument("--elements", default=None, help="comma list of element symbols the model knows "
+                   "(default H,C,N,O,F; with --init: added to the checkpoint's)")
     t.add_argument("--val-molecules", type=int, default=384, help="validation molecules per validation")
     t.add_argument("--lr-decay", type=lambda v: tuple(int(x) for x in v.split(":")), default=(0, 0),
                    metavar="START:END", help="cosine learning-rate decay from --lr at step START to 1e-5 at END "

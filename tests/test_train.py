@@ -144,3 +144,45 @@ def test_cosine_lr_decay_reaches_min_lr(tmp_path):
     trainer = Trainer(cfg, data, data, progress=False)
     trainer.train()
     assert trainer.opt.param_groups[0]["lr"] == 1e-5
+
+
+def test_init_copies_known_elements_and_adds_rows_for_new_ones(tiny_model):
+    from ase_diffrelax.core.model import Denoiser, ModelConfig
+    from ase_diffrelax.training.trainer import init_from
+
+    cfg = ModelConfig(**{**tiny_model.net.config.todict(), "elements": (1, 6, 7, 8, 9, 16, 17)})
+    net = Denoiser(cfg)
+    info = init_from(net, tiny_model.path)
+    assert info["copied_elements"] == [1, 6, 7, 8, 9] and info["new_elements"] == [16, 17]
+    old = tiny_model.net.state_dict()
+    for k, v in net.state_dict().items():
+        if k == "embedding.weight":
+            torch.testing.assert_close(v[:5], old[k])
+            torch.testing.assert_close(v[5], old[k].mean(0))
+        else:
+            torch.testing.assert_close(v, old[k])
+    with pytest.raises(ValueError, match="architecture must match"):
+        init_from(Denoiser(ModelConfig(features=32, blocks=2, rbf=8, time_features=8)), tiny_model.path)
+
+
+def test_cli_fine_tunes_a_checkpoint_on_an_xtb_dataset_with_new_elements(tiny_model, tmp_path, capsys):
+    pytest.importorskip("tblite")
+    from ase_diffrelax.cli import main
+    from ase_diffrelax.training.xtb_dataset import BuildProtocol, assemble, build_dataset
+
+    entries = [(k, s, "val" if k % 4 == 0 else "train") for k, s in
+               enumerate(["CCO", "CCCl", "CSC", "ClCCO", "CC(=O)O", "CCS", "OCCCl", "CN"])]
+    build_dataset(entries, tmp_path / "ds", protocol=BuildProtocol(optimizer="tblite-lbfgs", fmax=0.05,
+                                                                   accept_fmax=0.06), log=lambda m: None)
+    assemble(tmp_path / "ds")
+    rc = main(["train", "--data", str(tmp_path / "ds" / "dataset.npz"), "--init", str(tiny_model.path),
+               "--elements", "S,Cl", "--out", str(tmp_path / "ft"), "--steps", "6", "--batch-size", "4",
+               "--val-every", "3", "--no-progress", "--threads", "1"])
+    assert rc == 0
+    ft = load_model(tmp_path / "ft" / "best")
+    assert set(ft.elements) == {1, 6, 7, 8, 9, 16, 17}
+    assert ft.card["training"]["init"] == str(tiny_model.path)
+    from ase_diffrelax import atoms_from_smiles
+
+    res = relax_many([atoms_from_smiles("ClCCS")], model=ft, progress=False)  # S and Cl relax with no error
+    assert res[0].status in ("converged", "max_steps")

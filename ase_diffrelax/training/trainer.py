@@ -65,7 +65,8 @@ class TrainConfig:
     seed: int = 0
     threads: int = 0
     max_train_molecules: int = 0  # 0 = all of the train split
-    data: str = ""  # ASE-readable file or ASE db of equilibrium structures; "" = QM9
+    data: str = ""  # ASE-readable file, ASE db, or an xTB dataset .npz (ase-diffrelax dataset); "" = QM9
+    init: str = ""  # checkpoint (name or path) whose weights start the run; new elements get new rows
     model: dict = field(default_factory=lambda: ModelConfig().todict())
 
 
@@ -185,6 +186,8 @@ class Trainer:
             torch.set_num_threads(cfg.threads)
         torch.manual_seed(cfg.seed)
         self.net = Denoiser(ModelConfig.fromdict(cfg.model))
+        if cfg.init:
+            init_from(self.net, cfg.init)
         self.schedule = self.net.schedule
         self.ema = Denoiser(ModelConfig.fromdict(cfg.model))
         self.ema.load_state_dict(self.net.state_dict())
@@ -202,6 +205,8 @@ class Trainer:
 
     # data is loaded lazily so that resume() can check the run before the slow part
     def ensure_data(self):
+        if self.data is None and self.cfg.data.endswith(".npz"):
+            self._xtb_dataset()
         if self.data is None:
             if self.cfg.data:  # the user's own equilibrium structures; same index rule for the split
                 from .data import load_structures
@@ -222,6 +227,25 @@ class Trainer:
             self.val = TrainingData(*sub(val_sel))
             if np.any(self.data.ms.ids % 10 == 0):
                 raise ValueError("training data contains QM9 test-split molecules (Index % 10 == 0)")
+
+    def _xtb_dataset(self):
+        """A dataset from ``ase-diffrelax dataset``: its train/val split, its MMFF94 minima as starts."""
+        from .xtb_dataset import load_xtb_dataset
+
+        parts = {}
+        for split in ("train", "val"):
+            ref = load_xtb_dataset(self.cfg.data, split)
+            mm = load_xtb_dataset(self.cfg.data, split, geometry="mmff")
+            if split == "train" and self.cfg.max_train_molecules:
+                keep = np.arange(min(len(ref), self.cfg.max_train_molecules))
+                ref, mm = ref.subset(keep), mm.subset(keep)
+            if split == "val" and len(ref) > self.cfg.val_molecules:
+                keep = np.sort(np.random.default_rng(12345).permutation(len(ref))[: self.cfg.val_molecules])
+                ref, mm = ref.subset(keep), mm.subset(keep)
+            parts[split] = TrainingData(ref, mm.positions if self.cfg.mmff_fraction > 0 else None)
+        if not len(parts["train"]) or not len(parts["val"]):
+            raise ValueError(f"{self.cfg.data}: needs molecules in both the 'train' and 'val' splits")
+        self.data, self.val = parts["train"], parts["val"]
 
     # ------------------------------------------------------------ state
     def state_paths(self):
@@ -397,9 +421,13 @@ class Trainer:
             "name": Path(self.cfg.out).name,
             "description": "MoreRed-JT PaiNN denoiser (noise + time-step heads) for molecule relaxation",
             "training": {
-                "data": "QM9 (qm9pack) B3LYP/6-31G(2df,p) minima, train split (QM9 Index % 10 not in {0, 1})"
-                        + (" + MMFF94 minima started from each training reference" if self.cfg.mmff_fraction else ""),
-                "split": {"test": "Index % 10 == 0 (never trained on)", "val": "Index % 10 == 1", "train": "rest"},
+                "data": (f"{self.cfg.data} (train split)" if self.cfg.data else
+                         "QM9 (qm9pack) B3LYP/6-31G(2df,p) minima, train split (QM9 Index % 10 not in {0, 1})")
+                        + (" + MMFF94 minima as structured noise" if self.cfg.mmff_fraction else ""),
+                "split": ({"train": "the dataset's 'train' rows", "val": "its 'val' rows"}
+                          if self.cfg.data.endswith(".npz") else
+                          {"test": "Index % 10 == 0 (never trained on)", "val": "Index % 10 == 1", "train": "rest"}),
+                "init": self.cfg.init or None,
                 "steps": self.step, "batch_size": self.cfg.batch_size, "wall_s": round(self.wall, 1),
                 "config": asdict(self.cfg),
             },
@@ -520,6 +548,36 @@ class _ShardLoss(torch.nn.Module):
     def forward(self, batch):
         tr = self._trainer
         return tr.loss(self.net, batch, tr.gen, tr.cfg.teacher_forcing, shard=(tr.rank, tr.world))[0]
+
+
+def init_from(net: Denoiser, checkpoint) -> dict:
+    """Copy a checkpoint's weights into ``net`` (same width and depth). Embedding rows of elements
+    both know are copied; elements new to ``net`` start from the mean of the known rows, so a
+    fine-tune begins from the checkpoint's chemistry rather than from noise. Returns what was done."""
+    from ..core.checkpoint import load_model
+
+    src = load_model(checkpoint, device="cpu")
+    a, b = src.net.config, net.config
+    for key in ("features", "blocks", "rbf", "cutoff", "time_features", "time_target", "schedule_T", "schedule_s"):
+        if getattr(a, key) != getattr(b, key):
+            raise ValueError(f"--init {checkpoint}: {key} is {getattr(a, key)} there but {getattr(b, key)} here; "
+                             "the architecture must match (elements may differ)")
+    state = {k: v.clone() for k, v in src.net.state_dict().items() if not k.startswith("embedding.")}
+    missing, unexpected = net.load_state_dict(state, strict=False)
+    if unexpected or any(not k.startswith("embedding.") for k in missing):
+        raise ValueError(f"--init {checkpoint}: weights do not fit ({missing}, {unexpected})")
+    old = src.net.embedding.weight.detach()
+    new = net.embedding.weight.detach()
+    with torch.no_grad():
+        copied = []
+        for row, z in enumerate(b.elements):
+            if z in a.elements:
+                new[row] = old[list(a.elements).index(z)]
+                copied.append(int(z))
+            else:
+                new[row] = old.mean(0)
+    return {"from": str(checkpoint), "copied_elements": copied,
+            "new_elements": [int(z) for z in b.elements if z not in a.elements]}
 
 
 def distributed_context() -> tuple[int, int]:
