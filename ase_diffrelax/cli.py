@@ -179,6 +179,14 @@ def _dataset(args) -> int:
         from .training.moses import moses_entries
 
         entries = moses_entries(n_train=args.moses_train, n_val=args.moses_val, n_test=args.moses_test)
+        from .files import atomic_write_json
+
+        atomic_write_json(f"{args.out}/source.json", {
+            "smiles": "MOSES (PyPI molsets 0.3.1, MIT): ZINC lead-like, neutral, H C N O F S Cl Br",
+            "selection": f"seeded random (seed 0): val {args.moses_val} and train {args.moses_train} candidates disjoint "
+                         f"from MOSES train; test {args.moses_test} from MOSES test and {args.moses_test} from "
+                         "test_scaffolds (never trained on)",
+            "ids": "row number in the MOSES csv.gz file the split comes from"})
     else:
         entries = read_smiles_file(args.smiles)
     protocol = BuildProtocol(optimizer=args.optimizer, etkdg_seed=args.seed)

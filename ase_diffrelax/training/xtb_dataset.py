@@ -321,7 +321,32 @@ def assemble(out_dir: str | os.PathLike, name: str = "dataset.npz") -> dict:
     joined["offsets"] = offsets
     joined["chunk_names"] = np.array(sorted(merged | {p.stem for p in parts}), dtype="U32")
     atomic_save_npz(target, **joined)
-    return summarize(target)
+    summary = summarize(target)
+    write_card(out_dir, summary)
+    return summary
+
+
+def write_card(out_dir: Path, summary: dict) -> Path:
+    """``card.json`` beside the dataset: how it was made (from build.json), what it holds, what it cost."""
+    import json
+
+    out_dir = Path(out_dir)
+    build = json.loads((out_dir / "build.json").read_text()) if (out_dir / "build.json").exists() else {}
+    source = json.loads((out_dir / "source.json").read_text()) if (out_dir / "source.json").exists() else {}
+    card = {
+        "level_of_theory": "GFN2-xTB (tblite single points; minima from the optimizer below)",
+        "protocol": "SMILES -> RDKit ETKDGv3 (fixed seed) -> MMFF94 minimum (kept as pos_mmff) -> GFN2-xTB minimum "
+                    "(pos_xtb); dropped: unparsable/unembeddable/untyped, not converged, residual tblite force above "
+                    "accept_fmax, or a bond graph (covalent radii x bond_scale) differing from the SMILES graph",
+        "build": build, "source": source, "contents": summary,
+        "arrays": {"numbers/pos_xtb/pos_mmff/offsets": "flat atoms, molecule i = offsets[i]:offsets[i+1] (Angstrom)",
+                   "e_xtb, e_xtb_at_mmff": "GFN2-xTB energy (eV) at the xTB minimum and at the MMFF94 minimum",
+                   "fmax_xtb": "largest tblite force at the xTB minimum (eV/A)",
+                   "charge, uhf": "total charge, unpaired electrons",
+                   "ids, smiles, split, chunk": "source row, SMILES, our split, the chunk it was built in",
+                   "drop_*": "molecules not kept, with the reason"},
+    }
+    return atomic_write_json(out_dir / "card.json", card)
 
 
 def summarize(path: str | os.PathLike) -> dict:
