@@ -69,7 +69,7 @@ def build_starts(kind: str, ms, order, n: int, seed: int):
 
     from .chem.mapping import reorder_to_reference, stereo_smiles
     from .chem.rdkit_interop import atoms_from_smiles, mmff_from_reference
-    from .core.validate import MIN_DISTANCE
+    from .core.validate import InputError, check_atoms
 
     starts, refs, ids, skipped = [], [], [], 0
     rng = np.random.default_rng(seed + 17)
@@ -97,8 +97,9 @@ def build_starts(kind: str, ms, order, n: int, seed: int):
                 eps -= eps.mean(0)
                 xc = x - x.mean(0)
                 y = np.sqrt(schedule.alpha_bar[t]) * xc + schedule.sigma[t] * eps
-                d = np.sqrt(((y[:, None] - y[None]) ** 2).sum(-1)) + 10 * np.eye(len(y))
-                if d.min() < MIN_DISTANCE:  # noise put two atoms on top of each other: not a valid input
+                try:  # noise can put atoms on top of each other or far from all others: not a valid input
+                    check_atoms(Atoms(numbers=z, positions=y), elements=range(1, 119))
+                except InputError:
                     skipped += 1
                     continue
             else:

@@ -67,13 +67,14 @@ def check_atoms(atoms, elements, max_atoms: int | None = None, label: str = "inp
     if n < min_atoms:
         raise InputError(f"{label}: {n} atoms ({atoms.get_chemical_formula()}), fewer than the smallest "
                          f"training molecule ({min_atoms} atoms); the denoiser cannot read its noise level")
-    near = d.min(1)
-    lonely = near > ISOLATED_FACTOR * (covalent_radii[atoms.numbers] + covalent_radii[atoms.numbers[d.argmin(1)]])
+    radii = covalent_radii[atoms.numbers]
+    reach = d / (radii[:, None] + radii[None])  # distance in units of a bond between the two elements
+    lonely = reach.min(1) > ISOLATED_FACTOR
     if lonely.any():
         k = int(np.nonzero(lonely)[0][0])
         raise InputError(
             f"{label}: atom {k} ({chemical_symbols[atoms.numbers[k]]}) has no neighbour within bonding distance "
-            f"(nearest {near[k]:.2f} A); free atoms and exploded structures cannot be denoised"
+            f"(nearest {d[k].min():.2f} A); free atoms and exploded structures cannot be denoised"
         )
     charge = total_charge(atoms)
     uhf = unpaired_electrons(atoms)
