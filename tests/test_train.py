@@ -124,8 +124,10 @@ def test_cli_trains_on_user_structures_and_resumes(tmp_path, capsys):
             "--no-progress", "--threads", "1"]
     assert main(args) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["step"] == 6
-    with pytest.raises(FileExistsError):
-        main(args)  # never overwrites a run unless asked to resume
+    state = (tmp_path / "run" / "state.safetensors").read_bytes()
+    assert main(args) == 2  # never overwrites a run unless asked to resume: one line, exit 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert (tmp_path / "run" / "state.safetensors").read_bytes() == state
     assert main(args[:6] + ["12"] + args[7:] + ["--resume"]) == 0
     m = load_model(tmp_path / "run" / "best")
     assert m.card["training"]["config"]["data"].endswith("mine.xyz")
