@@ -35,8 +35,9 @@ def test_is_an_ase_optimizer_and_irun_yields(tiny_model, tmp_path):
     assert calls == list(range(11))  # observers: once at start, then every step
     frames = read(str(tmp_path / "r.traj"), ":")
     assert len(frames) == 11
-    assert all("diffusion_t" in f.info for f in frames[1:])
+    assert all("diffusion_t" in f.info and "diffusion_t_used" in f.info for f in frames[1:])
     text = log.getvalue()
+    assert text.splitlines()[1].split()[1] == "0" and "nan" not in text.splitlines()[1]  # step 0: blank t columns
     assert "t_hat" in text.splitlines()[0] and "DiffusionRelax:" in text and "converged" in text
     assert np.isfinite(atoms.info["diffusion_t"])
     d = opt.todict()

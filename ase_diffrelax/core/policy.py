@@ -24,7 +24,7 @@ class Policy:
     """
 
     name = "base"
-    # deterministic DDIM-like steps skipping 20 % of t measured better than MoreRed's DDPM
+    # deterministic DDIM-like steps skipping a fifth of t measured better than MoreRed's DDPM
     # t -> t-1 with fresh noise on MMFF starts (docs/policies.md); eta=1, stride=0 restores it
     eta: float = 0.0
     stride: float = 0.2

@@ -38,10 +38,6 @@ class CollectionStats:
     statuses: dict = field(default_factory=dict)
     seconds: dict = field(default_factory=lambda: {s: 0.0 for s in STAGES})
 
-    def per_second(self) -> dict:
-        done = max(1, self.entries)
-        return {s: (done / t if t > 0 else None) for s, t in self.seconds.items()}
-
 
 def parse_shard(text: str | None) -> tuple[int, int]:
     if not text:
