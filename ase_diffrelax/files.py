@@ -126,3 +126,13 @@ class JsonlStore:
         append_jsonl(self.path, [record])
         self._records[key] = json.loads(json.dumps(record, default=_json_default))
         return self._records[key]
+
+
+def save_figure(fig, path: str | os.PathLike, dpi: int = 120) -> str:
+    """Lay out, write and close a matplotlib figure; returns the path (for a list of plots)."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return str(path)

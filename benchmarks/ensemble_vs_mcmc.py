@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ase_diffrelax.files import JsonlStore, atomic_write_json
+from ase_diffrelax.files import JsonlStore, atomic_write_json, save_figure
 
 HERE = Path(__file__).resolve().parent
 
@@ -244,11 +244,7 @@ def plots(result, prefix: Path) -> list[str]:
     axes[0].legend(fontsize=6)
     axes[1].set_xlabel("diffusion step t")
     axes[1].set_ylabel("xTB energy above min [eV] (mean +- std)")
-    fig.tight_layout()
-    f = f"{prefix}_means.png"
-    fig.savefig(f, dpi=110)
-    plt.close(fig)
-    files.append(f)
+    files.append(save_figure(fig, f"{prefix}_means.png", dpi=110))
     entry = result["molecules"][0]
     fig, ax = plt.subplots(figsize=(6, 4))
     cache = JsonlStore(result["settings"]["cache"])
@@ -265,11 +261,7 @@ def plots(result, prefix: Path) -> list[str]:
     ax.set_xlabel("xTB energy above min [eV]")
     ax.set_title(f"QM9 {entry['qm9_index']}; Gaussian control reaches {g[-1]:.2f} eV")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    f = f"{prefix}_histograms.png"
-    fig.savefig(f, dpi=110)
-    plt.close(fig)
-    files.append(f)
+    files.append(save_figure(fig, f"{prefix}_histograms.png", dpi=110))
     return files
 
 

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from ase_diffrelax.evaluation import model_hash
-from ase_diffrelax.files import JsonlStore, atomic_write_json
+from ase_diffrelax.files import JsonlStore, atomic_write_json, save_figure
 
 HERE = Path(__file__).resolve().parent
 STARTS_XTB = ["mmff", "diffusion", "diffusion-fixed50", "diffusion-fixed20", "reference"]
@@ -209,11 +209,7 @@ def plots(result: dict, starts: list[str], out_prefix: Path) -> list[str]:
     ax.set_ylabel("physics BFGS steps from MMFF -> diffusion start")
     fig.colorbar(sc, label="E(final from diffusion) - E(final from MMFF) [kcal/mol]")
     ax.set_title(f"{result['summary']['level']}: n = {len(table)}")
-    f = f"{out_prefix}_steps_scatter.png"
-    fig.tight_layout()
-    fig.savefig(f, dpi=120)
-    plt.close(fig)
-    files.append(f)
+    files.append(save_figure(fig, f"{out_prefix}_steps_scatter.png", dpi=120))
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     others = [s for s in starts if s != "mmff"]
     axes[0].boxplot([[t[s]["steps"] / max(1, t["mmff"]["steps"]) for t in table] for s in others],
@@ -225,11 +221,7 @@ def plots(result: dict, starts: list[str], out_prefix: Path) -> list[str]:
     axes[1].set_yscale("log")
     axes[1].set_ylabel("start energy above final minimum [kcal/mol]")
     axes[1].tick_params(axis="x", rotation=30)
-    fig.tight_layout()
-    f = f"{out_prefix}_boxplots.png"
-    fig.savefig(f, dpi=120)
-    plt.close(fig)
-    files.append(f)
+    files.append(save_figure(fig, f"{out_prefix}_boxplots.png", dpi=120))
     return files
 
 
