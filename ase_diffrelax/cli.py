@@ -20,18 +20,19 @@ class UserError(Exception):
 def _read_frames(path: str, index: str = ":"):
     import os
 
-    from ase.io import read
+    from ase.io import iread
 
     if not os.path.exists(path):
         raise UserError(f"{path}: no such file")
+    frames = []
     try:
-        frames = read(path, index=index)
+        for atoms in iread(path, index=index):
+            frames.append(atoms)
     except KeyError as exc:
-        raise UserError(f"{path}: unknown element symbol {exc.args[0]!r}") from exc
+        raise UserError(f"{path}: frame {len(frames)}: unknown element symbol {exc.args[0]!r}") from exc
     except Exception as exc:  # ASE's readers raise many types for malformed files
-        raise UserError(f"{path}: cannot read it as {os.path.splitext(path)[1] or 'an ASE format'} "
+        raise UserError(f"{path}: frame {len(frames)}: cannot read it as {os.path.splitext(path)[1] or 'an ASE format'} "
                         f"({type(exc).__name__}: {exc})") from exc
-    frames = frames if isinstance(frames, list) else [frames]
     if not frames:
         raise UserError(f"{path}: no structures found (index {index!r})")
     return frames
@@ -121,9 +122,15 @@ def _relax(args) -> int:
     if traj and len(frames) > 1 and "{i}" not in traj:
         stem, dot, ext = traj.rpartition(".")
         traj = f"{stem}_{{i}}.{ext}" if dot else traj + "_{i}"
-    results = relax_many(frames, model=args.model, policy=_policy(args), batch_size=args.batch_size,
-                         device=args.device, seed=args.seed, progress=not args.quiet, trajectory=traj,
-                         on_error="skip" if args.skip_bad else "raise")
+    from .core.validate import InputError
+
+    try:
+        results = relax_many(frames, model=args.model, policy=_policy(args), batch_size=args.batch_size,
+                             device=args.device, seed=args.seed, progress=not args.quiet, trajectory=traj,
+                             on_error="skip" if args.skip_bad else "raise")
+    except InputError as exc:  # name the file and frame the user gave
+        raise UserError(f"{args.input}: {str(exc).replace('structure ', 'frame ', 1)} (--skip-bad to write it "
+                        "unchanged with status 'rejected' and go on)") from exc
     write(args.output, [r.atoms for r in results])
     counts = {}
     for r in results:
