@@ -130,3 +130,23 @@ def test_cli_missing_t0_and_unknown_element_through_pipeline(capsys):
     assert main(["pipeline", "C[Si](C)(C)C", "--to", "xtb", "--strict"]) == 2
     err = capsys.readouterr().err
     assert "Si unknown" in err and len(err.strip().splitlines()) == 1
+
+
+def test_pyscf_calculator_follows_ase_conventions():
+    from ase.calculators.calculator import CalculatorSetupError
+    from pyscf import lib
+
+    from ase_diffrelax.workflows.physics import PySCFCalculator
+
+    threads = lib.num_threads()
+    atoms = molecule("H2O")
+    atoms.calc = PySCFCalculator(basis="sto-3g", threads=1)
+    e1 = atoms.get_potential_energy()
+    assert lib.num_threads() == threads  # PySCF's global thread count is left as the user had it
+    atoms.calc.set(basis="6-31g")  # a new basis drops the cached SCF and the results
+    e2 = atoms.get_potential_energy()
+    assert e2 < e1 - 1.0
+    oh = molecule("OH")
+    oh.calc = PySCFCalculator(basis="sto-3g")
+    with pytest.raises(CalculatorSetupError, match="9 electrons"):
+        oh.get_potential_energy()
