@@ -68,6 +68,31 @@ def training_curve(path, every=1000):
               for r in rows if "step" in r and "mmff_oneshot_ratio_median" in r and not r["step"] % every])
 
 
+def ensemble(d):
+    """Diffusion ensembles vs GFN2-xTB MCMC (benchmarks/ensemble_vs_mcmc.py)."""
+    temps, ts = d["temperatures"], d["steps"]
+    print(f"model {d['model']} ({d['model_hash']}); energies: {d['energies']}\n")
+    print("Mean (std) energy of the MCMC chains per temperature [eV]; block standard error of the mean in brackets\n")
+    md_table(["QM9", "SMILES", "atoms"] + [f"{t:g} K" for t in temps],
+             [[m["qm9_index"], f"`{m['smiles']}`", m["n_atoms"]] +
+              [f"{m['mcmc'][f'{t:g}']['mean']:.3f} ({m['mcmc'][f'{t:g}']['std']:.3f}) [{m['mcmc'][f'{t:g}']['block_sem']:.3f}]"
+               for t in temps] for m in d["molecules"]])
+    print("\nMean (std) energy of the diffusion chains per step t [eV]\n")
+    md_table(["QM9"] + [f"t={t}" for t in ts] + ["Gaussian control, last [eV]"],
+             [[m["qm9_index"]] + [f"{m['diffusion'][str(t)]['mean']:.3f} ({m['diffusion'][str(t)]['std']:.3f})"
+                                  for t in ts] + [f"{m['gaussian']['energy_every_100_steps'][-1]:.2f}"]
+              for m in d["molecules"]])
+    f = d["fit"]
+    if "a" not in f:
+        print(f"\nfit: {f}")
+        return
+    print(f"\nFit {f['form']}: a = {f['a']:.3f} (on QM9 {', '.join(map(str, f['fitted_on']))}); "
+          f"held-out molecules, mean |E_diffusion(t(T)) - E_MCMC(T)| over the temperatures:\n")
+    md_table(["QM9", "mean abs error [eV]", "errors per T [eV]", "e0 (diffusion offset) [eV]", "std ratio diffusion/MCMC"],
+             [[m["qm9_index"], f"{m['mean_abs_error_eV']:.3f}", " ".join(f"{e:+.3f}" for e in m["errors_eV"]),
+               f"{m['e0_eV']:.3f}", f"{m['std_ratio_median']:.2f}"] for m in f["tested_on"]])
+
+
 def cache_table(cache_file, model_hash):
     """Per-molecule physics steps from a hand-off cache (JSON lines), finished or not (diffusion
     starts of one checkpoint only), by QM9 index."""
@@ -96,4 +121,7 @@ if __name__ == "__main__":
             training_curve(path)
             continue
         d = json.load(open(path))
-        (relax_quality if "kinds" in d else handoff)(d)
+        if "fit" in d and "molecules" in d:
+            ensemble(d)
+        else:
+            (relax_quality if "kinds" in d else handoff)(d)
