@@ -7,9 +7,7 @@ Starts: MMFF94 minima of QM9 test molecules (from their reference geometries).
 from __future__ import annotations
 
 import argparse
-import json
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -17,6 +15,7 @@ from ase import Atoms
 
 from ase_diffrelax import DiffusionRelax, load_model, relax_many
 from ase_diffrelax.chem.rdkit_interop import mmff_from_reference
+from ase_diffrelax.files import atomic_write_json
 from ase_diffrelax.training.data import load_qm9
 
 
@@ -61,9 +60,7 @@ def main(argv=None):
                                       "speedup_vs_loop": loop_s / wall, "evals": int(sum(r.steps for r in res))}
         print(f"relax_many batch {bs}: {wall:.1f} s ({1000 * wall / len(starts):.2f} ms/molecule), "
               f"{loop_s / wall:.1f}x the loop", flush=True)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=1))
+    atomic_write_json(args.out, report, indent=1)
     return report
 
 
