@@ -150,3 +150,15 @@ def test_pyscf_calculator_follows_ase_conventions():
     oh.calc = PySCFCalculator(basis="sto-3g")
     with pytest.raises(CalculatorSetupError, match="9 electrons"):
         oh.get_potential_energy()
+
+
+def test_pipeline_steps_around_a_molecule_far_larger_than_training():
+    from ase_diffrelax.core.validate import InputError
+    from ase_diffrelax.workflows.pipeline import run_pipeline
+
+    long_chain = "C" * 30  # 92 atoms; the QM9 checkpoint saw at most 29
+    with pytest.warns(UserWarning):
+        res = run_pipeline(long_chain, stages=["mmff", "diffusion"])
+    assert "far more than the largest molecule" in res.stages[1].skipped
+    with pytest.warns(UserWarning), pytest.raises(InputError, match="far more"):
+        run_pipeline(long_chain, stages=["mmff", "diffusion"], strict=True)

@@ -127,6 +127,10 @@ def diffusion_stage(atoms, *, model=None, policy: Policy | str = "jt", seed: int
     before = atoms.positions.copy()
     try:
         opt = DiffusionRelax(atoms, model=model, policy=policy, seed=seed, trajectory=trajectory, logfile=None)
+        largest = opt.model.card.get("max_atoms")
+        if largest and len(atoms) > 1.5 * largest:
+            raise InputError(f"input: {len(atoms)} atoms, far more than the largest molecule checkpoint "
+                             f"{opt.model.name} was trained on ({largest})")
     except InputError as exc:
         if strict:
             raise
