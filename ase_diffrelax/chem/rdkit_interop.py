@@ -78,7 +78,10 @@ def atoms_from_smiles(smiles: str, seed: int = 0, mmff: bool = True):
     params = AllChem.ETKDGv3()
     params.randomSeed = seed
     if AllChem.EmbedMolecule(mol, params) != 0:
-        raise ValueError(f"ETKDG could not embed {smiles!r}")
+        # strained cages (QM9 has many) often embed only from random starting coordinates
+        params.useRandomCoords = True
+        if AllChem.EmbedMolecule(mol, params) != 0:
+            raise ValueError(f"ETKDG could not embed {smiles!r}")
     if mmff:
         pos = mmff_minimize(mol)
         conf = mol.GetConformer()
