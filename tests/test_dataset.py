@@ -54,3 +54,13 @@ def test_build_resume_and_assemble(tmp_path):
     mmff = load_xtb_dataset(tmp_path / "ds" / "dataset.npz", "train", geometry="mmff")
     assert len(train) == 2 and list(train.smiles) == ["CCO", "c1ccccc1Cl"]
     assert np.array_equal(train.numbers, mmff.numbers) and not np.allclose(train.positions, mmff.positions)
+
+
+def test_a_build_refuses_to_switch_optimizer_midway(tmp_path):
+    entries = [(0, "CCO", "train"), (1, "CCN", "train")]
+    build_dataset(entries, tmp_path / "ds", chunk_size=1, protocol=LOOSE, max_chunks=1, log=lambda m: None)
+    other = BuildProtocol(optimizer="xtb-program") if shutil.which("xtb") else None
+    if other is None:
+        pytest.skip("the xtb program is not installed")
+    with pytest.raises(ValueError, match="one dataset, one protocol"):
+        build_dataset(entries, tmp_path / "ds", chunk_size=1, protocol=other, log=lambda m: None)

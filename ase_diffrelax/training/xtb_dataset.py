@@ -232,11 +232,21 @@ def build_dataset(entries: list[tuple[int, str, str]], out_dir: str | os.PathLik
     """
     out_dir = Path(out_dir)
     (out_dir / "chunks").mkdir(parents=True, exist_ok=True)
-    protocol.resolved_optimizer()  # fail now, not in a worker
+    used = protocol.resolved_optimizer()  # fail now, not in a worker
+    previous = out_dir / "build.json"
+    if previous.exists():
+        import json
+
+        before = json.loads(previous.read_text())
+        started = any((out_dir / "chunks").glob("*.npz")) or (out_dir / "dataset.npz").exists()
+        if started and before.get("optimizer_used") not in (None, used):
+            raise ValueError(
+                f"{out_dir} was built with optimizer {before['optimizer_used']!r}, this run would use {used!r}: "
+                "one dataset, one protocol. Install the xtb program (apt-get install xtb) or build elsewhere")
     plan = plan_chunks(entries, out_dir, chunk_size)
     atomic_write_json(out_dir / "build.json", {"protocol": asdict(protocol), "chunk_size": chunk_size,
                                                 "n_entries": len(entries), "n_chunks": len(plan),
-                                                "optimizer_used": protocol.resolved_optimizer(),
+                                                "optimizer_used": used,
                                                 "xtb_program": _xtb_version()})
     merged = assembled_chunks(out_dir / "dataset.npz")
     todo = [(p, block, protocol) for p, block in plan if not p.exists() and p.stem not in merged]
