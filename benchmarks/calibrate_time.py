@@ -9,6 +9,10 @@ keeps the one with the lowest median RMSD ratio whose failure rate stays within
 ``--max-failure-pct``, and writes the grid and the choice into the card.
 
     python benchmarks/calibrate_time.py checkpoints/qm9-painn128-jt.json --n 300
+
+With ``--data`` (a dataset.npz from ``ase-diffrelax dataset``) the molecules are that dataset's
+'val' rows and the start is the MMFF94 minimum started at their xTB minimum (bond graph from the
+SMILES), as in ``benchmarks/drugs.py``.
 """
 from __future__ import annotations
 
@@ -25,6 +29,31 @@ from ase_diffrelax.evaluation import build_starts, measure, pick_molecules, poli
 from ase_diffrelax.files import atomic_write_json
 
 
+def dataset_val_starts(path: str, n: int, seed: int):
+    """MMFF94 starts and xTB references of ``n`` seeded-random 'val' molecules of an xTB dataset."""
+    import numpy as np
+    from ase import Atoms
+
+    from ase_diffrelax.chem.rdkit_interop import mmff_from_smiles_geometry
+
+    with np.load(path, allow_pickle=False) as f:
+        d = {k: f[k] for k in ("numbers", "pos_xtb", "offsets", "smiles", "split")}
+    rows = np.random.default_rng(seed).permutation(np.nonzero(d["split"] == "val")[0])
+    starts, refs = [], []
+    for r in rows:
+        if len(starts) >= n:
+            break
+        a, b = d["offsets"][r], d["offsets"][r + 1]
+        z, x = d["numbers"][a:b].astype(np.int64), d["pos_xtb"][a:b].astype(float)
+        try:
+            y = mmff_from_smiles_geometry(str(d["smiles"][r]), x)
+        except ValueError:
+            continue
+        starts.append(Atoms(numbers=z, positions=y))
+        refs.append((z, x))
+    return starts, refs
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("card", help="checkpoint JSON card to calibrate (weights beside it)")
@@ -35,12 +64,18 @@ def main(argv=None):
     p.add_argument("--max-failure-pct", type=float, default=10.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--data", help="calibrate on this xTB dataset's 'val' rows instead of QM9 validation")
     p.add_argument("--dry-run", action="store_true", help="print the grid, leave the card alone")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     model = load_model(args.card.removesuffix(".json"))
-    ms, order = pick_molecules(args.seed, "val")
-    starts, refs, skipped, _ = build_starts("mmff-ref", ms, order, args.n, args.seed)
+    if args.data:
+        starts, refs = dataset_val_starts(args.data, args.n, args.seed)
+        fitted_on = f"{args.data} 'val' rows, {len(starts)} MMFF94 starts from the xTB minimum, seed {args.seed}"
+    else:
+        ms, order = pick_molecules(args.seed, "val")
+        starts, refs, skipped, _ = build_starts("mmff-ref", ms, order, args.n, args.seed)
+        fitted_on = f"QM9 validation (Index % 10 == 1), {len(starts)} mmff-ref starts, seed {args.seed}"
     rm = [SymmetricRMSD(z, x) for z, x in refs]
     before = [f(a.positions) for f, a in zip(rm, starts)]
     grid = []
@@ -54,7 +89,7 @@ def main(argv=None):
     ok = [s for s in grid if s["failure_pct"] <= args.max_failure_pct] or grid
     best = min(ok, key=lambda s: s["ratio_median"])
     cal = {"t_scale": best["t_scale"], "t_scale_cap": args.cap,
-           "fitted_on": f"QM9 validation (Index % 10 == 1), {len(starts)} mmff-ref starts, seed {args.seed}",
+           "fitted_on": fitted_on,
            "policy": args.policy, "rule": f"lowest median RMSD ratio with failures <= {args.max_failure_pct} %",
            "grid": [{k: s[k] for k in ("t_scale", "ratio_median", "failure_pct", "rmsd_after_median",
                                        "evals_median")} for s in grid]}

@@ -25,23 +25,11 @@ from pathlib import Path
 
 import numpy as np
 
+from ase_diffrelax.chem.rdkit_interop import mmff_from_smiles_geometry
 from ase_diffrelax.files import JsonlStore, atomic_write_json
 
 HERE = Path(__file__).resolve().parent
 KCAL = 23.0605
-
-
-def mmff_from_xtb(smiles: str, positions) -> np.ndarray:
-    from rdkit import Chem
-
-    from ase_diffrelax.chem.rdkit_interop import mmff_minimize
-
-    mol = Chem.AddHs(Chem.MolFromSmiles(smiles))
-    conf = Chem.Conformer(mol.GetNumAtoms())
-    for k, p in enumerate(np.asarray(positions, dtype=float)):
-        conf.SetAtomPosition(k, p.tolist())
-    mol.AddConformer(conf, assignId=True)
-    return mmff_minimize(mol)
 
 
 def xtb_bfgs(numbers, positions, fmax, max_steps, charge=0):
@@ -118,7 +106,7 @@ def main(argv=None):
         for r, z, name in mols:
             a, b = d["offsets"][r], d["offsets"][r + 1]
             try:
-                y = mmff_from_xtb(str(d["smiles"][r]), d["pos_xtb"][a:b])
+                y = mmff_from_smiles_geometry(str(d["smiles"][r]), d["pos_xtb"][a:b])
             except ValueError:
                 continue
             rm = SymmetricRMSD(z, d["pos_xtb"][a:b].astype(float))

@@ -63,6 +63,26 @@ def mmff_from_reference(numbers, positions, charge: int = 0) -> np.ndarray:
     return mmff_minimize(mol_from_xyz(numbers, positions, charge=charge))
 
 
+def mmff_from_smiles_geometry(smiles: str, positions) -> np.ndarray:
+    """MMFF94 minimum started from a geometry whose atoms follow ``AddHs(MolFromSmiles(smiles))``.
+
+    The bond graph (and bond orders) come from the SMILES, not from perception, so this also works
+    for S, Cl, Br and hypervalent groups that xyz perception gets wrong."""
+    Chem = _rdkit()
+    mol = Chem.MolFromSmiles(smiles)
+    if mol is None:
+        raise ValueError(f"RDKit cannot parse SMILES {smiles!r}")
+    mol = Chem.AddHs(mol)
+    positions = np.asarray(positions, dtype=float)
+    if len(positions) != mol.GetNumAtoms():
+        raise ValueError(f"{smiles!r} has {mol.GetNumAtoms()} atoms with hydrogens, the geometry {len(positions)}")
+    conf = Chem.Conformer(mol.GetNumAtoms())
+    for k, p in enumerate(positions):
+        conf.SetAtomPosition(k, p.tolist())
+    mol.AddConformer(conf, assignId=True)
+    return mmff_minimize(mol)
+
+
 def atoms_from_smiles(smiles: str, seed: int = 0, mmff: bool = True):
     """ETKDG conformer (+ MMFF94 minimum) of a SMILES as ASE Atoms, hydrogens explicit.
 
