@@ -63,3 +63,20 @@ def test_handoff_split_by_molecule_and_partial_starts(tiny_set, tmp_path):
     assert [t["qm9_index"] for t in r["table"]] == [20]
     assert [r["key"] for r in read_jsonl(tmp_path / "cache" / "stereo_xtb.jsonl")] == ["20_reference"]
     assert "step_ratio_vs_mmff_median" not in r["summary"]["starts"]["reference"]
+
+
+def test_mmff_from_a_smiles_ordered_geometry_keeps_the_graph_and_refuses_a_mismatch():
+    import numpy as np
+
+    from ase_diffrelax.chem.rdkit_interop import atoms_from_smiles, mmff_from_smiles_geometry
+    from ase_diffrelax.chem.topology import topology_change
+
+    smiles = "CS(=O)(=O)c1ccc(Cl)cc1Br"  # sulfone: xyz bond perception gets its orders wrong
+    a = atoms_from_smiles(smiles, seed=1, mmff=False)
+    y = mmff_from_smiles_geometry(smiles, a.positions)
+    assert y.shape == a.positions.shape and np.all(np.isfinite(y))
+    assert not topology_change(a.numbers, a.positions, y)["changed"]
+    # the MMFF94 minimum is a fixed point: starting there again barely moves
+    assert np.abs(mmff_from_smiles_geometry(smiles, y) - y).max() < 0.05
+    with pytest.raises(ValueError, match="atoms"):
+        mmff_from_smiles_geometry(smiles, a.positions[:-1])
