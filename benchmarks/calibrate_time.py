@@ -35,18 +35,16 @@ def dataset_val_starts(path: str, n: int, seed: int):
     from ase import Atoms
 
     from ase_diffrelax.chem.rdkit_interop import mmff_from_smiles_geometry
+    from ase_diffrelax.training.xtb_dataset import load_xtb_dataset
 
-    with np.load(path, allow_pickle=False) as f:
-        d = {k: f[k] for k in ("numbers", "pos_xtb", "offsets", "smiles", "split")}
-    rows = np.random.default_rng(seed).permutation(np.nonzero(d["split"] == "val")[0])
+    ms = load_xtb_dataset(path, "val")
     starts, refs = [], []
-    for r in rows:
+    for i in np.random.default_rng(seed).permutation(len(ms)):
         if len(starts) >= n:
             break
-        a, b = d["offsets"][r], d["offsets"][r + 1]
-        z, x = d["numbers"][a:b].astype(np.int64), d["pos_xtb"][a:b].astype(float)
+        z, x = ms.molecule(i)
         try:
-            y = mmff_from_smiles_geometry(str(d["smiles"][r]), x)
+            y = mmff_from_smiles_geometry(str(ms.smiles[i]), x)
         except ValueError:
             continue
         starts.append(Atoms(numbers=z, positions=y))

@@ -17,10 +17,10 @@ METRICS = ("val_score", "mmff_oneshot_ratio_median", "mmff_oneshot_fail_frac", "
            "noise_mse_t1-50", "time_mae_t1-50", "train_loss")
 
 
-def read_log(run: Path) -> list[dict]:
+def read_log(run: Path) -> dict[int, dict]:
+    """Validation records by step (a resumed run may log a step twice: the later one counts)."""
     rows = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines() if line.strip()]
-    by_step = {r["step"]: r for r in rows if "val_score" in r}  # a resumed run may log a step twice
-    return [by_step[s] for s in sorted(by_step)]
+    return {r["step"]: r for r in rows if "val_score" in r}
 
 
 def compare(runs: list[Path]) -> dict:
@@ -32,14 +32,9 @@ def compare(runs: list[Path]) -> dict:
         cards[str(r)] = {k: cfg.get(k) for k in ("data", "init", "batch_size", "lr", "lr_decay_start",
                                                   "lr_decay_end", "mmff_fraction", "threads", "seed",
                                                   "val_molecules", "max_train_molecules")}
-    common = sorted(set.intersection(*(set(r["step"] for r in log) for log in logs.values())))
-    table = []
-    for step in common:
-        row = {"step": step}
-        for name, log in logs.items():
-            rec = next(r for r in log if r["step"] == step)
-            row[name] = {k: rec.get(k) for k in METRICS + ("wall_s",)}
-        table.append(row)
+    common = sorted(set.intersection(*(set(log) for log in logs.values())))
+    table = [{"step": step, **{name: {k: log[step].get(k) for k in METRICS + ("wall_s",)}
+                               for name, log in logs.items()}} for step in common]
     return {"runs": cards, "metric_notes": {
         "val_score": "the trainer's model-selection score on validation (lower is better)",
         "mmff_oneshot_ratio_median": "median over validation molecules of RMSD(one denoising step from the "
