@@ -69,7 +69,7 @@ def _train(args) -> int:
         val_every=args.val_every, val_molecules=args.val_molecules, ckpt_every=args.ckpt_every, threads=args.threads,
         seed=args.seed, max_train_molecules=args.max_train_molecules, data=args.data or "",
         lr_decay_start=args.lr_decay[0], lr_decay_end=args.lr_decay[1],
-        model=model_cfg.todict(), init=args.init or "",
+        model=model_cfg.todict(), init=args.init or "", compile=args.compile,
     )
     trainer = run_training(cfg, resume=args.resume, progress=not args.no_progress, stop_after_s=args.stop_after)
     print(json.dumps(trainer.history[-1] if trainer.history else {"step": trainer.step}))
@@ -315,6 +315,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--lr-decay", type=lambda v: tuple(int(x) for x in v.split(":")), default=(0, 0),
                    metavar="START:END", help="cosine learning-rate decay from --lr at step START to 1e-5 at END "
                    "(replaces halving on plateaus; may be set when resuming)")
+    t.add_argument("--compile", action="store_true", help="torch.compile the network blocks (needs a C++ "
+                   "compiler; ~30 s warm-up, then ~3x faster steps on CPU for drug-size molecules)")
     t.add_argument("--stop-after", type=float, default=None, help="stop (with a checkpoint) after this many seconds")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")

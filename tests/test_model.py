@@ -1,3 +1,5 @@
+import shutil
+
 import pytest
 import torch
 from scipy.spatial.transform import Rotation
@@ -68,3 +70,21 @@ def test_unknown_element_flagged():
     net = Denoiser(ModelConfig(features=8, blocks=1))
     known = net.known(torch.tensor([1, 6, 16, 7, 200]))
     assert known.tolist() == [True, True, False, True, False]
+
+
+@pytest.mark.skipif(not (shutil.which("g++") or shutil.which("c++")), reason="torch.compile needs a C++ compiler")
+def test_compiled_blocks_give_the_eager_outputs_gradients_and_state_dict(batch):
+    torch.manual_seed(0)
+    cfg = ModelConfig(features=16, blocks=2, rbf=8, time_features=8)
+    eager, compiled = Denoiser(cfg), Denoiser(cfg)
+    compiled.load_state_dict(eager.state_dict())
+    compiled.compile_blocks()
+    assert list(compiled.state_dict()) == list(eager.state_dict())  # checkpoints keep their names
+    numbers, x, mol = batch
+    outs = []
+    for net in (eager, compiled):
+        t_hat, eps = net(numbers, x, mol, 3, t_frac=torch.tensor([0.01, 0.1, 0.5]))
+        (t_hat.sum() + (eps**2).sum()).backward()
+        outs.append((t_hat, eps, net.interactions[0].W.weight.grad))
+    for a, b in zip(*outs):
+        assert torch.allclose(a, b, atol=1e-5, rtol=1e-4)

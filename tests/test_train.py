@@ -74,6 +74,18 @@ def test_resume_after_interruption_is_exact(tmp_path):
     assert [h["step"] for h in again.history] == [10, 20]
 
 
+def test_resume_on_a_grown_dataset_records_it_in_the_curriculum(tmp_path):
+    data = _data()
+    small = TrainingData(data.ms.subset(np.arange(len(data) - 3)), None)
+    cfg = TrainConfig(out=str(tmp_path / "g"), steps=4, batch_size=4, val_every=100, ckpt_every=100, model=TINY)
+    Trainer(cfg, small, small, progress=False).train()
+    again = Trainer(TrainConfig(**{**cfg.__dict__, "steps": 8}), data, data, progress=False)
+    assert again.resume()
+    again.train()
+    assert {"step": 4, "config_change": {"train_molecules": [len(small), len(data)]}} in again.history
+    assert again.card()["curriculum"][-1]["config_change"]["train_molecules"] == [len(small), len(data)]
+
+
 def test_sigterm_stops_after_the_current_step_and_saves(tmp_path):
     import os
     import signal

@@ -165,6 +165,15 @@ class Denoiser(nn.Module):
             [GatedEquivariantBlock(F, F // 2), GatedEquivariantBlock(F // 2, 1, activate=False)]
         )
 
+    def compile_blocks(self) -> None:
+        """torch.compile the message-passing and noise-head blocks (dynamic shapes: batches differ).
+
+        On CPU the per-edge products of the interaction blocks are memory-bound; fused by the
+        compiler a drug-size training step runs ~3x faster (benchmarks/train_speed.py).
+        The parameter names and the state dict stay as they are."""
+        for block in (*self.interactions, *self.mixings, *self.noise_head):
+            block.compile(dynamic=True)
+
     def known(self, numbers: torch.Tensor) -> torch.Tensor:
         ok = numbers < len(self.element_index)
         return ok & (self.element_index[numbers.clamp(max=len(self.element_index) - 1)] >= 0)
