@@ -26,6 +26,8 @@ def main(argv=None):
     p.add_argument("--policy", default="jt")
     p.add_argument("--batch-sizes", default="8,16,32,128")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--compile", action="store_true", help="also relax_many(compile=True) at each batch size "
+                   "(a first, untimed call pays the compilation)")
     p.add_argument("--out", default="docs/results/batch_speed.json")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -53,13 +55,20 @@ def main(argv=None):
     report["loop"] = {"wall_s": loop_s, "ms_per_molecule": 1000 * loop_s / len(starts), "evals": loop_evals}
     print(f"loop of DiffusionRelax: {loop_s:.1f} s ({1000 * loop_s / len(starts):.2f} ms/molecule)", flush=True)
     for bs in [int(b) for b in args.batch_sizes.split(",")]:
-        t0 = time.perf_counter()
-        res = relax_many(starts, model=model, policy=args.policy, batch_size=bs, progress=False, seed=0)
-        wall = time.perf_counter() - t0
-        report["batched"][str(bs)] = {"wall_s": wall, "ms_per_molecule": 1000 * wall / len(starts),
+        for compile in (False, True) if args.compile else (False,):
+            if compile:
+                t0 = time.perf_counter()
+                relax_many(starts[:bs], model=model, policy=args.policy, batch_size=bs, progress=False, compile=True)
+                report.setdefault("compile_warmup_s", {})[str(bs)] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            res = relax_many(starts, model=model, policy=args.policy, batch_size=bs, progress=False, seed=0,
+                             compile=compile)
+            wall = time.perf_counter() - t0
+            key = f"{bs} compiled" if compile else str(bs)
+            report["batched"][key] = {"wall_s": wall, "ms_per_molecule": 1000 * wall / len(starts),
                                       "speedup_vs_loop": loop_s / wall, "evals": int(sum(r.steps for r in res))}
-        print(f"relax_many batch {bs}: {wall:.1f} s ({1000 * wall / len(starts):.2f} ms/molecule), "
-              f"{loop_s / wall:.1f}x the loop", flush=True)
+            print(f"relax_many batch {key}: {wall:.1f} s ({1000 * wall / len(starts):.2f} ms/molecule), "
+                  f"{loop_s / wall:.1f}x the loop", flush=True)
     atomic_write_json(args.out, report, indent=1)
     return report
 

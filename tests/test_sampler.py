@@ -1,4 +1,6 @@
 """Policy rules of the sampler core: the bounds on t each policy promises."""
+import shutil
+
 import numpy as np
 import pytest
 import torch
@@ -118,3 +120,22 @@ def test_batch_results_do_not_depend_on_batch_size_or_swap_interval(tiny_model):
         for a, b in zip(alone, together):
             assert (a.status, a.steps) == (b.status, b.steps)
             np.testing.assert_allclose(a.positions, b.positions, atol=2e-4)
+
+
+@pytest.mark.skipif(not (shutil.which("g++") or shutil.which("c++")), reason="torch.compile needs a C++ compiler")
+def test_compiled_batch_relaxation_matches_eager_and_leaves_the_shared_model_alone(tiny_model):
+    from ase_diffrelax import load_model, relax_many
+
+    rng = np.random.default_rng(2)
+    mols = []
+    for a in small_molecules()[:5]:
+        a = a.copy()
+        a.positions += rng.normal(0, 0.05, a.positions.shape)
+        mols.append(a)
+    eager = relax_many(mols, model=tiny_model, progress=False, batch_size=3)
+    fast = relax_many(mols, model=tiny_model, progress=False, batch_size=3, compile=True)
+    assert [r.steps for r in fast] == [r.steps for r in eager]
+    for a, b in zip(eager, fast):
+        np.testing.assert_allclose(a.atoms.positions, b.atoms.positions, atol=1e-4)
+    assert load_model(tiny_model, compile=True) is tiny_model.compiled()
+    assert tiny_model.net.interactions[0]._compiled_call_impl is None  # the shared model stays eager

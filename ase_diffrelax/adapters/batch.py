@@ -24,7 +24,7 @@ class RelaxResult:
 
 def relax_many(atoms_list, *, model=None, policy: Policy | str = "jt", batch_size: int | None = None,
                device=None, progress: bool = True, seed: int | None = 0, trajectory: str | None = None,
-               on_error: str = "raise", swap_every: int | None = None) -> list[RelaxResult]:
+               on_error: str = "raise", swap_every: int | None = None, compile: bool = False) -> list[RelaxResult]:
     """Relax many molecules (any sizes) in one streaming batch; inputs are never modified.
 
     Molecule k uses noise seed ``seed + k`` so that its path does not depend on batch
@@ -33,6 +33,8 @@ def relax_many(atoms_list, *, model=None, policy: Policy | str = "jt", batch_siz
     cannot take as status "rejected" with the reason, in place, instead of raising.
     ``trajectory``: a file name with ``{i}`` (molecule index) for one ASE trajectory each.
     ``model=None`` picks a shipped checkpoint per molecule (``choose_model``).
+    ``compile=True`` runs the network through ``torch.compile``: for large batches (a warm-up of
+    seconds, then several times faster on CPU); results agree with eager to ~1e-5 A.
     """
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
@@ -46,7 +48,8 @@ def relax_many(atoms_list, *, model=None, policy: Policy | str = "jt", batch_siz
     for k, atoms in enumerate(atoms_list):
         label = f"structure {k}"
         try:
-            m = load_model(model if model is not None else choose_model([atoms], label), device=device)
+            m = load_model(model if model is not None else choose_model([atoms], label), device=device,
+                           compile=compile)
             check_for_model(atoms, m, label=label)
         except InputError as exc:
             if on_error == "raise":

@@ -84,6 +84,20 @@ class LoadedModel:
 
     def __init__(self, net: Denoiser, schedule: NoiseSchedule, card: dict, path: Path | None = None):
         self.net, self.schedule, self.card, self.path = net, schedule, card, path
+        self._compiled: LoadedModel | None = None
+
+    def compiled(self) -> "LoadedModel":
+        """A twin whose network blocks are ``torch.compile``-d (made once, then shared). Worth it for
+        batches: ~5x faster CPU inference on drug-size molecules after a 5-20 s warm-up
+        (``benchmarks/inference_compile.py``); the shared eager model stays as it is."""
+        if self._compiled is None:
+            import copy
+
+            net = copy.deepcopy(self.net)
+            net.compile_blocks()
+            self._compiled = LoadedModel(net, self.schedule, self.card, self.path)
+            self._compiled._compiled = self._compiled
+        return self._compiled
 
     @property
     def name(self) -> str:
@@ -108,7 +122,8 @@ class LoadedModel:
             return self
         import copy
 
-        return LoadedModel(copy.deepcopy(self.net).to(device), self.schedule, self.card, self.path)
+        twin = LoadedModel(copy.deepcopy(self.net).to(device), self.schedule, self.card, self.path)
+        return twin.compiled() if self._compiled is self else twin  # a deep copy drops the compilation
 
     def __repr__(self) -> str:
         name = self.card.get("name", self.path)
@@ -149,12 +164,15 @@ def resolve(name_or_path: str | os.PathLike | None) -> Path:
     return base
 
 
-def load_model(name_or_path=None, device=None) -> LoadedModel:
+def load_model(name_or_path=None, device=None, compile: bool = False) -> LoadedModel:
     """Load a checkpoint by registry name or path (no argument: the shipped default), on
     ``device`` (None: CUDA when available). Loaded models are cached per file and device and
-    shared read-only; asking for another device gives a separate copy."""
+    shared read-only; asking for another device gives a separate copy. ``compile=True`` gives
+    the model's ``torch.compile``-d twin (``LoadedModel.compiled``)."""
     from .device import pick_device
 
+    if compile:
+        return load_model(name_or_path, device).compiled()
     if isinstance(name_or_path, LoadedModel):
         return name_or_path.to(device) if device is not None else name_or_path
     base = resolve(name_or_path)

@@ -142,7 +142,8 @@ class _Output:
 
 def relax_collection(input_path: str, output_path: str, *, shard: tuple[int, int] = (0, 1), resume: bool = False,
                      model=None, policy="jt", seed: int = 0, conformer_seed: int = 0, chunk_size: int = 512,
-                     batch_size: int | None = None, device=None, progress: bool = True) -> CollectionStats:
+                     batch_size: int | None = None, device=None, progress: bool = True,
+                     compile: bool = False) -> CollectionStats:
     """Relax every entry of this shard of ``input_path`` into ``output_path`` (see module doc)."""
     from ase import Atoms
 
@@ -181,7 +182,7 @@ def relax_collection(input_path: str, output_path: str, *, shard: tuple[int, int
         t0 = time.perf_counter()
         ok = [e for e in chunk if e.atoms is not None and not e.error]
         results = relax_many([e.atoms for e in ok], model=model, policy=policy, seed=seed, batch_size=batch_size,
-                             device=device, progress=False, on_error="skip") if ok else []
+                             device=device, progress=False, on_error="skip", compile=compile) if ok else []
         stats.seconds["diffusion"] += time.perf_counter() - t0
         t0 = time.perf_counter()
         by_index = {e.index: r for e, r in zip(ok, results)}
