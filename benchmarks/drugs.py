@@ -62,6 +62,8 @@ def main(argv=None):
     p.add_argument("--skip-handoff", action="store_true")
     p.add_argument("--cache", default=str(HERE / "cache" / "drugs_xtb.jsonl"))
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--compile", action="store_true", help="relax_many(compile=True); diffusion timings are "
+                   "then cached under their own keys")
     p.add_argument("--out", default="docs/results/drugs_test.json")
     args = p.parse_args(argv)
     import torch
@@ -79,6 +81,7 @@ def main(argv=None):
         d = {k: f[k] for k in ("numbers", "pos_xtb", "pos_mmff", "offsets", "ids", "smiles", "split", "e_xtb", "charge")}
     cache = JsonlStore(args.cache)
     report = {"data": args.data, "split": parts, "fmax": args.fmax, "policy": args.policy, "parts": {},
+              "compile": args.compile,
               "rmsd": "symmetry-aware, optimally aligned, all atoms incl. H, to the GFN2-xTB minimum, Angstrom"}
     for part in parts:
         rows = np.nonzero(d["split"] == part)[0][: args.n]
@@ -117,7 +120,8 @@ def main(argv=None):
         after = []
         for name in sorted(set(names)):
             idx = [k for k, nm in enumerate(names) if nm == name]
-            res = relax_many([starts[k] for k in idx], model=name, policy=args.policy, progress=False)
+            res = relax_many([starts[k] for k in idx], model=name, policy=args.policy, progress=False,
+                             compile=args.compile)
             for k, rr in zip(idx, res):
                 after.append((k, rms[k](rr.atoms.positions), rr.steps))
         after.sort()
@@ -128,7 +132,7 @@ def main(argv=None):
             table = []
             for r, z, name in mols:
                 a, b = d["offsets"][r], d["offsets"][r + 1]
-                mhash = model_hash(load_model(name), args.policy)
+                mhash = model_hash(load_model(name), args.policy) + ("_compiled" if args.compile else "")
                 out = {}
                 for start in ("mmff", "diffusion", "xtb-min"):
                     key = f"{part}_{int(d['ids'][r])}_{start}" + (f"_{mhash}" if start == "diffusion" else "")
@@ -141,7 +145,7 @@ def main(argv=None):
                         else:
                             t1 = time.perf_counter()
                             res = relax_many([Atoms(numbers=z, positions=d["pos_mmff"][a:b])], model=name,
-                                             policy=args.policy, progress=False)[0]
+                                             policy=args.policy, progress=False, compile=args.compile)[0]
                             pos = res.atoms.positions
                             extra = {"diffusion_wall_s": time.perf_counter() - t1, "diffusion_steps": res.steps}
                         cache.add(key, {**xtb_bfgs(z, pos, args.fmax, args.max_steps, d["charge"][r]), **extra,
