@@ -56,6 +56,10 @@ def main(argv=None):
     p.add_argument("--split", default="test", help="test (MOSES test + test_scaffolds), test_scaffolds, test_only, val")
     p.add_argument("--n", type=int, default=300, help="molecules per MOSES part")
     p.add_argument("--model", default="auto")
+    p.add_argument("--heavy", default=None, metavar="MIN:MAX",
+                   help="only molecules with MIN..MAX heavy atoms (e.g. 10:22 for the checkpoint-choice study)")
+    p.add_argument("--elements", default=None, help="only molecules made of these elements (e.g. H,C,N,O,F: "
+                   "the same molecules for every checkpoint compared)")
     p.add_argument("--policy", default="jt")
     p.add_argument("--fmax", type=float, default=0.03)
     p.add_argument("--max-steps", type=int, default=1000)
@@ -81,10 +85,20 @@ def main(argv=None):
         d = {k: f[k] for k in ("numbers", "pos_xtb", "pos_mmff", "offsets", "ids", "smiles", "split", "e_xtb", "charge")}
     cache = JsonlStore(args.cache)
     report = {"data": args.data, "split": parts, "fmax": args.fmax, "policy": args.policy, "parts": {},
-              "compile": args.compile,
+              "compile": args.compile, "heavy_atoms": args.heavy, "elements": args.elements,
               "rmsd": "symmetry-aware, optimally aligned, all atoms incl. H, to the GFN2-xTB minimum, Angstrom"}
     for part in parts:
-        rows = np.nonzero(d["split"] == part)[0][: args.n]
+        rows = np.nonzero(d["split"] == part)[0]
+        if args.heavy:
+            lo, hi = (int(x) for x in args.heavy.split(":"))
+            heavy = np.array([int((d["numbers"][d["offsets"][r]:d["offsets"][r + 1]] > 1).sum()) for r in rows])
+            rows = rows[(heavy >= lo) & (heavy <= hi)]
+        if args.elements:
+            from ase.data import atomic_numbers
+
+            allowed = {atomic_numbers[e] for e in args.elements.split(",")}
+            rows = rows[[set(d["numbers"][d["offsets"][r]:d["offsets"][r + 1]].tolist()) <= allowed for r in rows]]
+        rows = rows[: args.n]
         mols, skipped = [], {}
         for r in rows:
             a, b = d["offsets"][r], d["offsets"][r + 1]

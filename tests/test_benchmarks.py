@@ -80,3 +80,22 @@ def test_mmff_from_a_smiles_ordered_geometry_keeps_the_graph_and_refuses_a_misma
     assert np.abs(mmff_from_smiles_geometry(smiles, y) - y).max() < 0.05
     with pytest.raises(ValueError, match="atoms"):
         mmff_from_smiles_geometry(smiles, a.positions[:-1])
+
+
+def test_drugs_benchmark_selects_by_elements_and_size_and_reports_quality_and_handoff(tiny_model, tmp_path):
+    drugs = pytest.importorskip("benchmarks.drugs")
+    from ase_diffrelax.training.xtb_dataset import BuildProtocol, assemble, build_dataset
+
+    smiles = ["CCO", "CCCl", "CCOC(C)=O", "OCC(O)CO", "CCS", "CC"]  # S/Cl out by elements, CC by size
+    build_dataset([(k, s, "test") for k, s in enumerate(smiles)], tmp_path / "ds",
+                  protocol=BuildProtocol(optimizer="tblite-lbfgs", fmax=0.02, accept_fmax=0.03), log=lambda m: None)
+    assemble(tmp_path / "ds")
+    rep = drugs.main(["--data", str(tmp_path / "ds" / "dataset.npz"), "--split", "test_only", "--model",
+                      str(tiny_model.path), "--elements", "H,C,N,O,F", "--heavy", "3:9", "--n", "10",
+                      "--cache", str(tmp_path / "cache.jsonl"), "--out", str(tmp_path / "d.json")])
+    part = rep["parts"]["test"]
+    assert part["n"] == 3 and part["skipped"] == 0
+    assert sorted(t["n_atoms"] for t in part["table"]) == [9, 14, 14]  # CCO, methyl acetate, glycerol
+    assert part["quality"]["n"] == 3
+    assert part["handoff"]["steps_median"]["xtb-min"] <= 2  # the xTB minimum is (nearly) converged already
+    assert part["handoff"]["bonds_changed"] == {"mmff": 0, "diffusion": 0}
