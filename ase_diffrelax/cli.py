@@ -209,8 +209,9 @@ def _models(args) -> int:
 
     for name, entry in available_models().items():
         lo, hi = entry.get("atoms", ["?", "?"])
+        heavy = " ({}-{} heavy)".format(*entry["heavy_atoms"]) if "heavy_atoms" in entry else ""
         print(f"{name}: {entry.get('level_of_theory')}; elements {' '.join(entry.get('elements', []))}; "
-              f"{lo}-{hi} atoms; charges {entry.get('charges', [0])}")
+              f"{lo}-{hi} atoms{heavy}; charges {entry.get('charges', [0])}")
     return 0
 
 

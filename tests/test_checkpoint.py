@@ -65,5 +65,12 @@ def test_automatic_choice_by_elements_and_size_and_the_error_that_lists_checkpoi
     assert checkpoint.choose_model([chain]) == "drug"  # too large for "small"
     with pytest.raises(InputError, match=r"Si unknown to every shipped checkpoint: small \(H C N O F\); drug"):
         checkpoint.choose_model([molecule("SiH4")])
+    # heavy-atom ranges and the tolerance come from the registry (set by measurement)
+    fake["models"]["small"]["heavy_atoms"] = [1, 9]
+    fake["size_tolerance"] = 1.0
+    assert checkpoint.choose_model([molecule("CH3CH2OH")]) == "small"  # 3 heavy atoms
+    assert checkpoint.choose_model([Atoms("C10H8", positions=[[1.4 * k, 0, 0] for k in range(18)])]) == "drug"
+    fake["size_tolerance"] = 1.2  # 10 heavy atoms <= 1.2 x 9
+    assert checkpoint.choose_model([Atoms("C10H8", positions=[[1.4 * k, 0, 0] for k in range(18)])]) == "small"
     monkeypatch.setenv("ASE_DIFFRELAX_MODEL", "small")
     assert checkpoint.choose_model([molecule("CH3Cl")]) == "small"  # the user's choice wins

@@ -40,9 +40,11 @@ def available_models() -> dict[str, dict]:
 
 def choose_model(atoms_list, label: str = "input") -> str:
     """The shipped checkpoint for these molecules: the first in the registry's ``choice_order`` that
-    knows every element and whose atom range holds the largest molecule, else the first that knows
-    every element. ``ASE_DIFFRELAX_MODEL`` overrides. No checkpoint knows an element: InputError
-    listing what is shipped."""
+    knows every element and whose ``atoms`` (and, where given, ``heavy_atoms``) range, widened by
+    the registry's ``size_tolerance`` (default 1.5), holds the largest molecule; else the first
+    that knows every element. The order and tolerance are set by measurement (docs/benchmarks.md).
+    ``ASE_DIFFRELAX_MODEL`` overrides. No checkpoint knows an element: InputError listing what is
+    shipped."""
     from ase.data import atomic_numbers, chemical_symbols
 
     from .validate import InputError
@@ -52,10 +54,11 @@ def choose_model(atoms_list, label: str = "input") -> str:
     reg = registry()
     order = reg.get("choice_order", list(reg["models"]))
     elements = set()
-    largest = 0
+    largest = largest_heavy = 0
     for atoms in atoms_list:
         elements |= {int(z) for z in atoms.numbers}
         largest = max(largest, len(atoms))
+        largest_heavy = max(largest_heavy, int((atoms.numbers > 1).sum()))
     knows = [name for name in order
              if elements <= {atomic_numbers[e] for e in reg["models"][name]["elements"]}]
     if not knows:
@@ -64,9 +67,11 @@ def choose_model(atoms_list, label: str = "input") -> str:
                                                   for e in reg["models"].values())))
         names = ", ".join(chemical_symbols[z] if 0 <= z < len(chemical_symbols) else str(z) for z in missing)
         raise InputError(f"{label}: element(s) {names} unknown to every shipped checkpoint: {shipped}")
+    tol = float(reg.get("size_tolerance", 1.5))
     for name in knows:
-        lo, hi = reg["models"][name].get("atoms", [0, 10**9])
-        if largest <= 1.5 * hi:
+        entry = reg["models"][name]
+        if (largest <= tol * entry.get("atoms", [0, 10**9])[1]
+                and largest_heavy <= tol * entry.get("heavy_atoms", [0, 10**9])[1]):
             return name
     return knows[0]
 
