@@ -88,3 +88,9 @@ def test_compiled_blocks_give_the_eager_outputs_gradients_and_state_dict(batch):
         outs.append((t_hat, eps, net.interactions[0].W.weight.grad))
     for a, b in zip(*outs):
         assert torch.allclose(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_compile_without_a_cxx_compiler_says_so(monkeypatch):
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    with pytest.raises(RuntimeError, match="needs a C\\+\\+ compiler"):
+        Denoiser(ModelConfig(features=16, blocks=1, rbf=8, time_features=8)).compile_blocks()

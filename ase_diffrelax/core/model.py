@@ -171,6 +171,13 @@ class Denoiser(nn.Module):
         On CPU the per-edge products of the interaction blocks are memory-bound; fused by the
         compiler a drug-size training step runs ~3x faster (benchmarks/train_speed.py).
         The parameter names and the state dict stay as they are."""
+        import os
+        import shutil
+
+        if not any(shutil.which(c) for c in (os.environ.get("CXX", ""), "g++", "c++", "clang++") if c):
+            # without this check torch fails at the first forward pass, deep inside its compiler
+            raise RuntimeError("compile=True needs a C++ compiler (g++ or clang++, or $CXX) for torch.compile; "
+                               "install one or leave compile off (same results, slower)")
         for block in (*self.interactions, *self.mixings, *self.noise_head):
             block.compile(dynamic=True)
 
