@@ -13,6 +13,16 @@ keeps the one with the lowest median RMSD ratio whose failure rate stays within
 With ``--data`` (a dataset.npz from ``ase-diffrelax dataset``) the molecules are that dataset's
 'val' rows and the start is the MMFF94 minimum started at their xTB minimum (bond graph from the
 SMILES), as in ``benchmarks/drugs.py``.
+
+``--objective energy`` (with ``--data``) fits what the xTB hand-off needs instead: the starts are
+the dataset's realistic ones (SMILES -> ETKDG -> MMFF94, ``pos_mmff``), the score is the median
+GFN2-xTB energy above the molecule's xTB minimum after diffusion (one single point each), and a
+failure is a molecule that ends higher in xTB energy than its MMFF94 start. For drug-sized
+molecules the RMSD to one minimum is dominated by soft torsions that cost BFGS few steps; the
+energy gap is the quantity the issue's goal names (<= 0.4x MMFF's).
+
+    python benchmarks/calibrate_time.py runs/moses-painn128-jt/best.json --data data/moses_xtb/dataset.npz \
+        --objective energy --n 200
 """
 from __future__ import annotations
 
@@ -52,6 +62,58 @@ def dataset_val_starts(path: str, n: int, seed: int):
     return starts, refs
 
 
+def dataset_val_realistic_starts(path: str, n: int, seed: int):
+    """The dataset's ETKDG -> MMFF94 minima of ``n`` seeded-random 'val' molecules, with charge and
+    xTB minimum energy (eV) in ``info``."""
+    import numpy as np
+    from ase import Atoms
+
+    with np.load(path, allow_pickle=False) as f:
+        d = {k: f[k] for k in ("numbers", "pos_mmff", "offsets", "split", "e_xtb", "charge")}
+    rows = np.nonzero(d["split"] == "val")[0]
+    starts = []
+    for r in rows[np.random.default_rng(seed).permutation(len(rows))[:n]]:
+        a, b = d["offsets"][r], d["offsets"][r + 1]
+        atoms = Atoms(numbers=d["numbers"][a:b].astype(int), positions=d["pos_mmff"][a:b].astype(float))
+        atoms.info.update(charge=int(d["charge"][r]), e_xtb_min=float(d["e_xtb"][r]))
+        starts.append(atoms)
+    return starts
+
+
+def xtb_gap_kcal(atoms_list, positions_list) -> list[float]:
+    """GFN2-xTB single-point energy above each molecule's xTB minimum, kcal/mol."""
+    from ase_diffrelax.workflows.physics import xtb_calculator
+
+    out = []
+    for atoms, pos in zip(atoms_list, positions_list):
+        a = atoms.copy()
+        a.positions = pos
+        a.calc = xtb_calculator(charge=atoms.info["charge"])
+        out.append((a.get_potential_energy() - atoms.info["e_xtb_min"]) * 23.0605)
+    return out
+
+
+def energy_grid(args, model) -> tuple[list, str]:
+    import numpy as np
+
+    from ase_diffrelax import relax_many
+
+    starts = dataset_val_realistic_starts(args.data, args.n, args.seed)
+    before = np.array(xtb_gap_kcal(starts, [a.positions for a in starts]))
+    grid = []
+    for scale in [float(x) for x in args.scales.split(",")]:
+        policy = make_policy(policy_from_name(args.policy), t_scale=scale, t_scale_cap=args.cap)
+        res = relax_many(starts, model=model, policy=policy, progress=False, seed=args.seed, compile=args.compile)
+        after = np.array(xtb_gap_kcal(starts, [r.atoms.positions for r in res]))
+        s = {"t_scale": scale, "gap_kcal_median": float(np.median(after)), "gap_kcal_mmff_median": float(np.median(before)),
+             "gap_ratio": float(np.median(after) / np.median(before)), "failure_pct": float(100 * np.mean(after > before)),
+             "evals_median": float(np.median([r.steps for r in res]))}
+        grid.append(s)
+        print(f"t_scale {scale:4.1f}  xTB gap {s['gap_kcal_median']:.2f} kcal/mol (MMFF {s['gap_kcal_mmff_median']:.2f}, "
+              f"{s['gap_ratio']:.2f}x)  fail {s['failure_pct']:.1f}%  evals {s['evals_median']:.0f}", flush=True)
+    return grid, f"{args.data} 'val' rows, {len(starts)} realistic MMFF94 starts (pos_mmff), seed {args.seed}"
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("card", help="checkpoint JSON card to calibrate (weights beside it)")
@@ -63,10 +125,21 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--data", help="calibrate on this xTB dataset's 'val' rows instead of QM9 validation")
+    p.add_argument("--objective", choices=("rmsd", "energy"), default="rmsd",
+                   help="energy: median GFN2-xTB energy above the minimum from realistic starts (needs --data)")
+    p.add_argument("--compile", action="store_true", help="relax_many(compile=True)")
     p.add_argument("--dry-run", action="store_true", help="print the grid, leave the card alone")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     model = load_model(args.card.removesuffix(".json"))
+    if args.objective == "energy":
+        if not args.data:
+            p.error("--objective energy needs --data (an xTB dataset with MMFF94 starts and xTB minimum energies)")
+        grid, fitted_on = energy_grid(args, model)
+        ok = [s for s in grid if s["failure_pct"] <= args.max_failure_pct] or grid
+        best = min(ok, key=lambda s: s["gap_kcal_median"])
+        return _write(args, best, grid, fitted_on,
+                      f"lowest median GFN2-xTB energy above the minimum with failures <= {args.max_failure_pct} %")
     if args.data:
         starts, refs = dataset_val_starts(args.data, args.n, args.seed)
         fitted_on = f"{args.data} 'val' rows, {len(starts)} MMFF94 starts from the xTB minimum, seed {args.seed}"
@@ -86,11 +159,14 @@ def main(argv=None):
               f"rmsd {s['rmsd_after_median']:.4f} A  evals {s['evals_median']:.0f}", flush=True)
     ok = [s for s in grid if s["failure_pct"] <= args.max_failure_pct] or grid
     best = min(ok, key=lambda s: s["ratio_median"])
-    cal = {"t_scale": best["t_scale"], "t_scale_cap": args.cap,
-           "fitted_on": fitted_on,
-           "policy": args.policy, "rule": f"lowest median RMSD ratio with failures <= {args.max_failure_pct} %",
-           "grid": [{k: s[k] for k in ("t_scale", "ratio_median", "failure_pct", "rmsd_after_median",
-                                       "evals_median")} for s in grid]}
+    grid = [{k: s[k] for k in ("t_scale", "ratio_median", "failure_pct", "rmsd_after_median", "evals_median")}
+            for s in grid]
+    return _write(args, best, grid, fitted_on, f"lowest median RMSD ratio with failures <= {args.max_failure_pct} %")
+
+
+def _write(args, best, grid, fitted_on, rule):
+    cal = {"t_scale": best["t_scale"], "t_scale_cap": args.cap, "fitted_on": fitted_on, "policy": args.policy,
+           "objective": args.objective, "rule": rule, "grid": grid}
     print("chosen:", json.dumps({k: cal[k] for k in ("t_scale", "t_scale_cap")}))
     if not args.dry_run:
         card = json.loads(Path(args.card).read_text())

@@ -82,15 +82,25 @@ def test_mmff_from_a_smiles_ordered_geometry_keeps_the_graph_and_refuses_a_misma
         mmff_from_smiles_geometry(smiles, a.positions[:-1])
 
 
-def test_drugs_benchmark_selects_by_elements_and_size_and_reports_quality_and_handoff(tiny_model, tmp_path):
-    drugs = pytest.importorskip("benchmarks.drugs")
+@pytest.fixture(scope="module")
+def tiny_xtb_dataset(tmp_path_factory):
+    """A few small molecules through the real builder: 'test' rows for drugs.py, 'val' for calibration."""
     from ase_diffrelax.training.xtb_dataset import BuildProtocol, assemble, build_dataset
 
+    out = tmp_path_factory.mktemp("xtbds")
     smiles = ["CCO", "CCCl", "CCOC(C)=O", "OCC(O)CO", "CCS", "CC"]  # S/Cl out by elements, CC by size
-    build_dataset([(k, s, "test") for k, s in enumerate(smiles)], tmp_path / "ds",
-                  protocol=BuildProtocol(optimizer="tblite-lbfgs", fmax=0.02, accept_fmax=0.03), log=lambda m: None)
-    assemble(tmp_path / "ds")
-    rep = drugs.main(["--data", str(tmp_path / "ds" / "dataset.npz"), "--split", "test_only", "--model",
+    entries = [(k, s, "test") for k, s in enumerate(smiles)]
+    entries += [(100 + k, s, "val") for k, s in enumerate(["CCCO", "CC(C)O", "CC(=O)N", "COC=O"])]
+    build_dataset(entries, out, protocol=BuildProtocol(optimizer="tblite-lbfgs", fmax=0.02, accept_fmax=0.03),
+                  log=lambda m: None)
+    assemble(out)
+    return out / "dataset.npz"
+
+
+def test_drugs_benchmark_selects_by_elements_and_size_and_reports_quality_and_handoff(tiny_model, tiny_xtb_dataset,
+                                                                                        tmp_path):
+    drugs = pytest.importorskip("benchmarks.drugs")
+    rep = drugs.main(["--data", str(tiny_xtb_dataset), "--split", "test_only", "--model",
                       str(tiny_model.path), "--elements", "H,C,N,O,F", "--heavy", "3:9", "--n", "10",
                       "--cache", str(tmp_path / "cache.jsonl"), "--out", str(tmp_path / "d.json")])
     part = rep["parts"]["test"]
@@ -99,3 +109,20 @@ def test_drugs_benchmark_selects_by_elements_and_size_and_reports_quality_and_ha
     assert part["quality"]["n"] == 3
     assert part["handoff"]["steps_median"]["xtb-min"] <= 2  # the xTB minimum is (nearly) converged already
     assert part["handoff"]["bonds_changed"] == {"mmff": 0, "diffusion": 0}
+
+
+def test_time_calibration_on_xtb_energy_writes_the_grid_and_choice_into_the_card(tiny_model, tiny_xtb_dataset,
+                                                                                 tmp_path):
+    import json
+    import shutil
+
+    calibrate = pytest.importorskip("benchmarks.calibrate_time")
+    for ext in (".json", ".safetensors"):  # the fixture's checkpoint is shared: calibrate a copy
+        shutil.copy(str(tiny_model.path) + ext, tmp_path / f"m{ext}")
+    cal = calibrate.main([str(tmp_path / "m.json"), "--data", str(tiny_xtb_dataset), "--objective", "energy",
+                          "--n", "4", "--scales", "1,3", "--max-failure-pct", "100"])
+    card = json.loads((tmp_path / "m.json").read_text())
+    assert card["time_calibration"] == json.loads(json.dumps(cal))
+    assert cal["objective"] == "energy" and [g["t_scale"] for g in cal["grid"]] == [1.0, 3.0]
+    assert cal["t_scale"] == min(cal["grid"], key=lambda g: g["gap_kcal_median"])["t_scale"]
+    assert all(g["gap_kcal_mmff_median"] > 0 for g in cal["grid"])  # MMFF94 minima lie above the xTB minima
