@@ -136,9 +136,7 @@ def main(argv=None):
         if not args.data:
             p.error("--objective energy needs --data (an xTB dataset with MMFF94 starts and xTB minimum energies)")
         grid, fitted_on = energy_grid(args, model)
-        ok = [s for s in grid if s["failure_pct"] <= args.max_failure_pct] or grid
-        best = min(ok, key=lambda s: s["gap_kcal_median"])
-        return _write(args, best, grid, fitted_on,
+        return _write(args, grid, "gap_kcal_median", fitted_on,
                       f"lowest median GFN2-xTB energy above the minimum with failures <= {args.max_failure_pct} %")
     if args.data:
         starts, refs = dataset_val_starts(args.data, args.n, args.seed)
@@ -157,14 +155,17 @@ def main(argv=None):
         grid.append(s)
         print(f"t_scale {scale:4.1f}  ratio {s['ratio_median']:.3f}  fail {s['failure_pct']:.1f}%  "
               f"rmsd {s['rmsd_after_median']:.4f} A  evals {s['evals_median']:.0f}", flush=True)
-    ok = [s for s in grid if s["failure_pct"] <= args.max_failure_pct] or grid
-    best = min(ok, key=lambda s: s["ratio_median"])
     grid = [{k: s[k] for k in ("t_scale", "ratio_median", "failure_pct", "rmsd_after_median", "evals_median")}
             for s in grid]
-    return _write(args, best, grid, fitted_on, f"lowest median RMSD ratio with failures <= {args.max_failure_pct} %")
+    return _write(args, grid, "ratio_median", fitted_on,
+                  f"lowest median RMSD ratio with failures <= {args.max_failure_pct} %")
 
 
-def _write(args, best, grid, fitted_on, rule):
+def _write(args, grid, score, fitted_on, rule):
+    """Keep the grid point with the lowest ``score`` among those within the failure bound (all if none
+    is), and write it with the grid into the card."""
+    ok = [s for s in grid if s["failure_pct"] <= args.max_failure_pct] or grid
+    best = min(ok, key=lambda s: s[score])
     cal = {"t_scale": best["t_scale"], "t_scale_cap": args.cap, "fitted_on": fitted_on, "policy": args.policy,
            "objective": args.objective, "rule": rule, "grid": grid}
     print("chosen:", json.dumps({k: cal[k] for k in ("t_scale", "t_scale_cap")}))

@@ -1,7 +1,8 @@
 """Training-step throughput, eager against ``torch.compile``-d blocks, on real batches.
 
-Steps are full optimiser steps of the trainer (JT loss, backward, AdamW, EMA not included) on
-batches drawn from the given data, after a warm-up that includes the compilation.
+Steps are the trainer's own optimiser steps (``Trainer.optimizer_step``: JT loss, backward,
+clipping, AdamW, EMA) on batches drawn from the given data, after a warm-up that includes the
+compilation.
 
     python benchmarks/train_speed.py --data data/moses_xtb/dataset.npz --batch-size 32 --threads 1 \
         --out docs/results/train_speed_drugs.json
@@ -27,21 +28,13 @@ def seconds_per_step(data: str, batch_size: int, compile: bool, warmup: int, ste
                       val_molecules=8, max_train_molecules=2000, compile=compile, model=model)
     tr = Trainer(cfg, progress=False)
     tr.ensure_data()
-
-    def step():
-        ids, mask = tr.train_batch_ids()
-        loss, _ = tr.loss(tr.net, tr.batch(tr.data, ids, mask), tr.gen, cfg.teacher_forcing)
-        tr.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        tr.opt.step()
-
     t0 = time.perf_counter()
     for _ in range(warmup):
-        step()
+        tr.optimizer_step()
     t_warm = time.perf_counter() - t0
     t0 = time.perf_counter()
     for _ in range(steps):
-        step()
+        tr.optimizer_step()
     per = (time.perf_counter() - t0) / steps
     return {"compile": compile, "warmup_s": round(t_warm, 1), "s_per_step": round(per, 4),
             "molecules_per_s": round(batch_size / per, 1)}

@@ -356,6 +356,27 @@ class Trainer:
         return loss, {"t": t, "t_hat": t_hat.detach(), "noise_mse": noise_mse_mol.detach(), "x_t": x_t,
                       "eps_hat": eps_hat.detach(), "mol": mol, "x0": x0}
 
+    def optimizer_step(self, ddp=None) -> float:
+        """One training step: a batch, the loss, the update, the EMA. Returns the loss."""
+        batch = self.batch(self.data, *self.train_batch_ids())
+        if ddp is not None:  # this rank's molecules; DDP averages the gradients over ranks
+            loss = ddp(batch)
+        else:
+            loss, _ = self.loss(self.net, batch, self.gen, self.cfg.teacher_forcing)
+        if self.cfg.lr_decay_end > self.cfg.lr_decay_start:
+            for g in self.opt.param_groups:
+                g["lr"] = cosine_lr(self.step, self.cfg)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.net.parameters(), self.cfg.grad_clip)
+        self.opt.step()
+        with torch.no_grad():
+            d = min(self.cfg.ema_decay, (1 + self.step) / (10 + self.step))
+            for pe, p in zip(self.ema.parameters(), self.net.parameters()):
+                pe.mul_(d).add_(p.detach(), alpha=1 - d)
+        self.step += 1
+        return loss.item()
+
     def batch(self, data: TrainingData, mol_ids: np.ndarray, mmff_mask: np.ndarray):
         numbers, x0, disp, mol = data.gather(mol_ids)
         return numbers, x0, disp, mol, torch.from_numpy(mmff_mask)
@@ -487,26 +508,9 @@ class Trainer:
             if self._should_stop(bool(stop) or (stop_after_s is not None and time.time() - t_start > stop_after_s)):
                 break
             t0 = time.time()
-            ids, mask = self.train_batch_ids()
-            batch = self.batch(self.data, ids, mask)
-            if ddp is not None:  # this rank's molecules; DDP averages the gradients over ranks
-                loss = ddp(batch)
-            else:
-                loss, _ = self.loss(self.net, batch, self.gen, self.cfg.teacher_forcing)
-            if self.cfg.lr_decay_end > self.cfg.lr_decay_start:
-                for g in self.opt.param_groups:
-                    g["lr"] = cosine_lr(self.step, self.cfg)
-            self.opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(self.net.parameters(), self.cfg.grad_clip)
-            self.opt.step()
-            with torch.no_grad():
-                d = min(self.cfg.ema_decay, (1 + self.step) / (10 + self.step))
-                for pe, p in zip(self.ema.parameters(), self.net.parameters()):
-                    pe.mul_(d).add_(p.detach(), alpha=1 - d)
-            self.step += 1
+            loss = self.optimizer_step(ddp)
             self.wall += time.time() - t0
-            running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
+            running = loss if running is None else 0.98 * running + 0.02 * loss
             if bar:
                 bar.update(1)
                 bar.set_postfix(loss=f"{running:.4f}", lr=f"{self.opt.param_groups[0]['lr']:.1e}", refresh=False)
