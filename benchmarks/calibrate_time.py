@@ -31,6 +31,7 @@ import json
 from pathlib import Path
 
 import torch
+from ase import units
 
 from ase_diffrelax import load_model
 from ase_diffrelax.chem.rmsd import SymmetricRMSD
@@ -63,19 +64,17 @@ def dataset_val_starts(path: str, n: int, seed: int):
 
 
 def dataset_val_realistic_starts(path: str, n: int, seed: int):
-    """The dataset's ETKDG -> MMFF94 minima of ``n`` seeded-random 'val' molecules, with charge and
-    xTB minimum energy (eV) in ``info``."""
+    """The dataset's ETKDG -> MMFF94 minima of ``n`` seeded-random 'val' molecules; ``info`` keeps
+    the charge and the xTB minimum energy (eV)."""
     import numpy as np
-    from ase import Atoms
 
-    with np.load(path, allow_pickle=False) as f:
-        d = {k: f[k] for k in ("numbers", "pos_mmff", "offsets", "split", "e_xtb", "charge")}
-    rows = np.nonzero(d["split"] == "val")[0]
+    from ase_diffrelax.training.xtb_dataset import read_dataset
+
+    records = read_dataset(path, split="val")
     starts = []
-    for r in rows[np.random.default_rng(seed).permutation(len(rows))[:n]]:
-        a, b = d["offsets"][r], d["offsets"][r + 1]
-        atoms = Atoms(numbers=d["numbers"][a:b].astype(int), positions=d["pos_mmff"][a:b].astype(float))
-        atoms.info.update(charge=int(d["charge"][r]), e_xtb_min=float(d["e_xtb"][r]))
+    for r in np.random.default_rng(seed).permutation(len(records))[:n]:
+        atoms = records[r]
+        atoms.positions = atoms.arrays.pop("positions_mmff")
         starts.append(atoms)
     return starts
 
@@ -89,7 +88,7 @@ def xtb_gap_kcal(atoms_list, positions_list) -> list[float]:
         a = atoms.copy()
         a.positions = pos
         a.calc = xtb_calculator(charge=atoms.info["charge"])
-        out.append((a.get_potential_energy() - atoms.info["e_xtb_min"]) * 23.0605)
+        out.append((a.get_potential_energy() - atoms.info["energy_xtb"]) * units.mol / units.kcal)
     return out
 
 

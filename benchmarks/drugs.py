@@ -24,12 +24,13 @@ import time
 from pathlib import Path
 
 import numpy as np
+from ase import units
 
 from ase_diffrelax.chem.rdkit_interop import mmff_from_smiles_geometry
 from ase_diffrelax.files import JsonlStore, atomic_write_json
 
 HERE = Path(__file__).resolve().parent
-KCAL = 23.0605
+KCAL = units.mol / units.kcal  # eV -> kcal/mol
 
 
 def xtb_bfgs(numbers, positions, fmax, max_steps, charge=0):
@@ -50,6 +51,41 @@ def xtb_bfgs(numbers, positions, fmax, max_steps, charge=0):
             "bonds_changed": bool(topology_change(numbers, positions, a.positions)["changed"])}
 
 
+STARTS = ("mmff", "diffusion", "xtb-min")
+
+
+def xtb_from(cache, part: str, atoms, start: str, args, model: str | None = None) -> dict:
+    """One cached GFN2-xTB BFGS run of a dataset molecule from ``start``: its MMFF94 minimum, the
+    diffusion output from there (``model``), or its xTB minimum."""
+    from ase import Atoms
+
+    from ase_diffrelax import load_model, relax_many
+    from ase_diffrelax.evaluation import model_hash
+
+    key = f"{part}_{atoms.info['id']}_{start}"
+    if start == "diffusion":
+        key += f"_{model_hash(load_model(model), args.policy)}" + ("_compiled" if args.compile else "")
+    if key not in cache:
+        extra = {}
+        if start == "mmff":
+            pos = atoms.arrays["positions_mmff"]
+        elif start == "xtb-min":
+            pos = atoms.positions
+        else:
+            t1 = time.perf_counter()
+            res = relax_many([Atoms(numbers=atoms.numbers, positions=atoms.arrays["positions_mmff"])],
+                             model=model, policy=args.policy, progress=False, compile=args.compile)[0]
+            pos = res.atoms.positions
+            extra = {"diffusion_wall_s": time.perf_counter() - t1, "diffusion_steps": res.steps}
+        cache.add(key, {**xtb_bfgs(atoms.numbers, pos, args.fmax, args.max_steps, atoms.info["charge"]), **extra,
+                        "smiles": atoms.info["smiles"], "n_atoms": len(atoms), "model": model})
+    hit = cache.get(key)
+    if hit.get("smiles", atoms.info["smiles"]) != atoms.info["smiles"]:
+        raise ValueError(f"cache {cache.path}: {key} holds {hit['smiles']}, not {atoms.info['smiles']}: "
+                         "another dataset's molecule; give this dataset its own --cache")
+    return hit
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default="data/moses_xtb/dataset.npz")
@@ -64,6 +100,9 @@ def main(argv=None):
     p.add_argument("--fmax", type=float, default=0.03)
     p.add_argument("--max-steps", type=int, default=1000)
     p.add_argument("--skip-handoff", action="store_true")
+    p.add_argument("--references-only", action="store_true",
+                   help="only fill the cache with the model-independent xTB runs (from MMFF94 and from the "
+                   "xTB minimum) of the selected molecules; any elements, no model, no report")
     p.add_argument("--cache", default=str(HERE / "cache" / "drugs_xtb.jsonl"))
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--compile", action="store_true", help="relax_many(compile=True); diffusion timings are "
@@ -76,58 +115,55 @@ def main(argv=None):
     from ase_diffrelax import InputError, load_model, relax_many
     from ase_diffrelax.chem.rmsd import SymmetricRMSD
     from ase_diffrelax.core.checkpoint import choose_model
-    from ase_diffrelax.evaluation import model_hash, rmsd_stats
+    from ase_diffrelax.evaluation import rmsd_stats
+    from ase_diffrelax.training.xtb_dataset import read_dataset
 
     torch.set_num_threads(args.threads)
     parts = {"test": ["test", "test_scaffolds"], "test_only": ["test"], "test_scaffolds": ["test_scaffolds"],
              "val": ["val"]}[args.split]
-    with np.load(args.data, allow_pickle=False) as f:
-        d = {k: f[k] for k in ("numbers", "pos_xtb", "pos_mmff", "offsets", "ids", "smiles", "split", "e_xtb", "charge")}
     cache = JsonlStore(args.cache)
     report = {"data": args.data, "split": parts, "fmax": args.fmax, "policy": args.policy, "parts": {},
               "compile": args.compile, "heavy_atoms": args.heavy, "elements": args.elements,
               "rmsd": "symmetry-aware, optimally aligned, all atoms incl. H, to the GFN2-xTB minimum, Angstrom"}
     for part in parts:
-        rows = np.nonzero(d["split"] == part)[0]
+        records = read_dataset(args.data, split=part)
         if args.heavy:
             lo, hi = (int(x) for x in args.heavy.split(":"))
-            heavy = np.array([int((d["numbers"][d["offsets"][r]:d["offsets"][r + 1]] > 1).sum()) for r in rows])
-            rows = rows[(heavy >= lo) & (heavy <= hi)]
+            records = [a for a in records if lo <= int((a.numbers > 1).sum()) <= hi]
         if args.elements:
-            from ase.data import atomic_numbers
-
-            allowed = {atomic_numbers[e] for e in args.elements.split(",")}
-            rows = rows[[set(d["numbers"][d["offsets"][r]:d["offsets"][r + 1]].tolist()) <= allowed for r in rows]]
-        rows = rows[: args.n]
+            allowed = set(args.elements.split(","))
+            records = [a for a in records if set(a.get_chemical_symbols()) <= allowed]
+        if args.references_only:
+            for k, atoms in enumerate(records[: args.n]):
+                for start in ("mmff", "xtb-min"):
+                    xtb_from(cache, part, atoms, start, args)
+                if (k + 1) % 50 == 0:
+                    print(f"{part}: {k + 1} molecules", flush=True)
+            continue
         mols, skipped = [], {}
-        for r in rows:
-            a, b = d["offsets"][r], d["offsets"][r + 1]
-            z = d["numbers"][a:b].astype(np.int64)
-            atoms = Atoms(numbers=z, positions=d["pos_xtb"][a:b])
+        for atoms in records[: args.n]:
             try:
                 name = choose_model([atoms]) if args.model == "auto" else args.model
-                load_model(name).elements  # noqa: B018 - loads once, cached
-                if not set(int(x) for x in z) <= set(load_model(name).elements):
+                if not set(atoms.numbers.tolist()) <= set(load_model(name).elements):
                     raise InputError(f"elements outside {name}")
             except InputError as exc:
                 skipped[str(exc).split(":")[0]] = skipped.get(str(exc).split(":")[0], 0) + 1
                 continue
-            mols.append((r, z, name))
-        entry = {"n": len(mols), "skipped": sum(skipped.values()), "models": sorted({m[2] for m in mols})}
+            mols.append((atoms, name))
+        entry = {"n": len(mols), "skipped": sum(skipped.values()), "models": sorted({m[1] for m in mols})}
         if not mols:
             report["parts"][part] = entry
             continue
         # 1. relaxation quality from MMFF94 started at the xTB minimum
         starts, rms, before, names = [], [], [], []
         t0 = time.perf_counter()
-        for r, z, name in mols:
-            a, b = d["offsets"][r], d["offsets"][r + 1]
+        for atoms, name in mols:
             try:
-                y = mmff_from_smiles_geometry(str(d["smiles"][r]), d["pos_xtb"][a:b])
+                y = mmff_from_smiles_geometry(atoms.info["smiles"], atoms.positions)
             except ValueError:
                 continue
-            rm = SymmetricRMSD(z, d["pos_xtb"][a:b].astype(float))
-            starts.append(Atoms(numbers=z, positions=y))
+            rm = SymmetricRMSD(atoms.numbers, atoms.positions)
+            starts.append(Atoms(numbers=atoms.numbers, positions=y))
             rms.append(rm)
             before.append(rm(y))
             names.append(name)
@@ -144,29 +180,11 @@ def main(argv=None):
         # 2./3. xTB hand-off from the realistic start, with cost
         if not args.skip_handoff:
             table = []
-            for r, z, name in mols:
-                a, b = d["offsets"][r], d["offsets"][r + 1]
-                mhash = model_hash(load_model(name), args.policy) + ("_compiled" if args.compile else "")
-                out = {}
-                for start in ("mmff", "diffusion", "xtb-min"):
-                    key = f"{part}_{int(d['ids'][r])}_{start}" + (f"_{mhash}" if start == "diffusion" else "")
-                    if key not in cache:
-                        extra = {}
-                        if start == "mmff":
-                            pos = d["pos_mmff"][a:b].astype(float)
-                        elif start == "xtb-min":
-                            pos = d["pos_xtb"][a:b].astype(float)
-                        else:
-                            t1 = time.perf_counter()
-                            res = relax_many([Atoms(numbers=z, positions=d["pos_mmff"][a:b])], model=name,
-                                             policy=args.policy, progress=False, compile=args.compile)[0]
-                            pos = res.atoms.positions
-                            extra = {"diffusion_wall_s": time.perf_counter() - t1, "diffusion_steps": res.steps}
-                        cache.add(key, {**xtb_bfgs(z, pos, args.fmax, args.max_steps, d["charge"][r]), **extra,
-                                        "smiles": str(d["smiles"][r]), "n_atoms": int(len(z)), "model": name})
-                    out[start] = cache.get(key)
-                e_min = min(min(v["e_end"] for v in out.values()), float(d["e_xtb"][r]))
-                table.append({"id": int(d["ids"][r]), "n_atoms": int(len(z)), **{
+            for atoms, name in mols:
+                z, info = atoms.numbers, atoms.info
+                out = {start: xtb_from(cache, part, atoms, start, args, name) for start in STARTS}
+                e_min = min(min(v["e_end"] for v in out.values()), info["energy_xtb"])
+                table.append({"id": info["id"], "n_atoms": len(z), **{
                     s: {"steps": v["steps"], "start_kcal": (v["e_start"] - e_min) * KCAL,
                         "final_kcal": (v["e_end"] - e_min) * KCAL, "bonds_changed": v["bonds_changed"],
                         "wall_s": v["wall_s"], "diffusion_wall_s": v.get("diffusion_wall_s")} for s, v in out.items()}})
@@ -189,7 +207,8 @@ def main(argv=None):
         report["parts"][part] = entry
         print(part, {k: v for k, v in entry.items() if k not in ("table",)}, flush=True)
         atomic_write_json(args.out, report, indent=1)
-    atomic_write_json(args.out, report, indent=1)
+    if not args.references_only:  # a cache fill writes no report (and overwrites none)
+        atomic_write_json(args.out, report, indent=1)
     return report
 
 

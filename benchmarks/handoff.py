@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from ase import units
 
 from ase_diffrelax.evaluation import model_hash
 from ase_diffrelax.files import JsonlStore, atomic_write_json, save_figure
@@ -142,8 +143,8 @@ def summarize(rows: dict, starts: list[str], level: str) -> dict:
             entry[s] = {
                 "steps": r["physics"]["steps"], "force_calls": r["physics"]["force_calls"],
                 "physics_wall_s": r["physics"]["wall_s"], "converged": r["physics"]["converged"],
-                "start_above_min_kcal": (r["physics"]["energy_start_eV"] - e_min) * 23.0605,
-                "final_above_min_kcal": (r["physics"]["energy_end_eV"] - e_min) * 23.0605,
+                "start_above_min_kcal": (r["physics"]["energy_start_eV"] - e_min) * units.mol / units.kcal,
+                "final_above_min_kcal": (r["physics"]["energy_end_eV"] - e_min) * units.mol / units.kcal,
                 "rmsd_start_ref": r["rmsd_start_to_reference"], "rmsd_final_ref": r["rmsd_final_to_reference"],
                 "diffusion_wall_s": r["stages"].get("diffusion", {}).get("wall_s"),
                 "diffusion_steps": r["stages"].get("diffusion", {}).get("steps"),

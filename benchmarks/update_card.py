@@ -1,6 +1,8 @@
-"""Copy measured relaxation metrics from a relax_quality JSON into a checkpoint's model card.
+"""Copy measured metrics from a benchmark JSON into a checkpoint's model card: a relax_quality
+report (QM9) or a drugs.py report (one entry per MOSES part, the per-molecule table left out).
 
     python benchmarks/update_card.py checkpoints/qm9-painn128-jt.json docs/results/relax_quality.json
+    python benchmarks/update_card.py checkpoints/moses-painn128-jt.json docs/results/drugs_test.json
 """
 import json
 import sys
@@ -12,6 +14,13 @@ from ase_diffrelax.files import atomic_write_json
 def main(card_path, result_path):
     card = json.load(open(card_path))
     res = json.load(open(result_path))
+    if "parts" in res:  # benchmarks/drugs.py
+        for part, e in res["parts"].items():
+            card.setdefault("benchmarks", {})[f"moses_{part}"] = {
+                "source": result_path, "rmsd": res["rmsd"], "xtb_fmax": res["fmax"], "policy": res["policy"],
+                **{k: v for k, v in e.items() if k != "table"}}
+        atomic_write_json(Path(card_path), card)
+        return
     card["relaxation"] = {
         "source": result_path, "split": res["split"], "rmsd": res["rmsd"],
         "kinds": {kind: {"n": e["n"], "start_rmsd_median": e["start"]["rmsd_median"],

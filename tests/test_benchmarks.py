@@ -1,6 +1,7 @@
 """The hand-off benchmark's cache: a second run recomputes nothing and reproduces the table."""
 from pathlib import Path
 
+import numpy as np
 import pytest
 from ase.build import molecule
 
@@ -66,8 +67,6 @@ def test_handoff_split_by_molecule_and_partial_starts(tiny_set, tmp_path):
 
 
 def test_mmff_from_a_smiles_ordered_geometry_keeps_the_graph_and_refuses_a_mismatch():
-    import numpy as np
-
     from ase_diffrelax.chem.rdkit_interop import atoms_from_smiles, mmff_from_smiles_geometry
     from ase_diffrelax.chem.topology import topology_change
 
@@ -109,6 +108,30 @@ def test_drugs_benchmark_selects_by_elements_and_size_and_reports_quality_and_ha
     assert part["quality"]["n"] == 3
     assert part["handoff"]["steps_median"]["xtb-min"] <= 2  # the xTB minimum is (nearly) converged already
     assert part["handoff"]["bonds_changed"] == {"mmff": 0, "diffusion": 0}
+    choice = pytest.importorskip("benchmarks.choice_study")  # per-size comparison of checkpoints
+    study = choice.main([str(tmp_path / "d.json"), "--data", str(tiny_xtb_dataset), "--split", "test",
+                         "--bins", "1:3,4:9", "--out", str(tmp_path / "c.json")])
+    assert [b["n"] for b in study["bins"]] == [1, 2]  # ethanol | methyl acetate, glycerol
+    med = study["bins"][1]["models"][part["models"][0]]
+    assert med["steps_median"] == float(np.median([t["diffusion"]["steps"] for t in part["table"] if t["n_atoms"] == 14]))
+
+
+def test_drugs_reference_fill_needs_no_model_and_guards_against_another_datasets_cache(tiny_xtb_dataset, tmp_path):
+    import json
+
+    drugs = pytest.importorskip("benchmarks.drugs")
+    cache = tmp_path / "cache.jsonl"
+    drugs.main(["--data", str(tiny_xtb_dataset), "--split", "test_only", "--n", "3", "--references-only",
+                "--model", "no-such-model", "--cache", str(cache), "--out", str(tmp_path / "d.json")])
+    assert not (tmp_path / "d.json").exists()  # a cache fill writes no report
+    keys = [json.loads(line)["key"] for line in cache.read_text().splitlines()]
+    assert sorted(keys) == sorted(f"test_{i}_{s}" for i in range(3) for s in ("mmff", "xtb-min"))  # S/Cl too
+    lines = [json.loads(line) for line in cache.read_text().splitlines()]
+    lines[0]["smiles"] = "C1CC1"  # as if another dataset had filled this cache under the same key
+    cache.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    with pytest.raises(ValueError, match="own --cache"):
+        drugs.main(["--data", str(tiny_xtb_dataset), "--split", "test_only", "--n", "3", "--references-only",
+                    "--cache", str(cache), "--out", str(tmp_path / "d.json")])
 
 
 def test_time_calibration_on_xtb_energy_writes_the_grid_and_choice_into_the_card(tiny_model, tiny_xtb_dataset,

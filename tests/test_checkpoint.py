@@ -63,6 +63,8 @@ def test_automatic_choice_by_elements_and_size_and_the_error_that_lists_checkpoi
     assert checkpoint.choose_model([molecule("CH3CH2OH"), molecule("CH3Cl")]) == "drug"
     chain = Atoms("C40H80", positions=[[1.5 * k, 0, 0] for k in range(120)])
     assert checkpoint.choose_model([chain]) == "drug"  # too large for "small"
+    alkane = Atoms("C70H142", positions=[[1.5 * k, 0, 0] for k in range(212)])
+    assert checkpoint.choose_model([alkane]) == "drug"  # too large for both: the one trained largest
     with pytest.raises(InputError, match=r"Si unknown to every shipped checkpoint: small \(H C N O F\); drug"):
         checkpoint.choose_model([molecule("SiH4")])
     # heavy-atom ranges and the tolerance come from the registry (set by measurement)
@@ -74,3 +76,23 @@ def test_automatic_choice_by_elements_and_size_and_the_error_that_lists_checkpoi
     assert checkpoint.choose_model([Atoms("C10H8", positions=[[1.4 * k, 0, 0] for k in range(18)])]) == "small"
     monkeypatch.setenv("ASE_DIFFRELAX_MODEL", "small")
     assert checkpoint.choose_model([molecule("CH3Cl")]) == "small"  # the user's choice wins
+
+
+def test_shipped_registry_relaxes_a_chlorine_and_sulfur_drug_with_no_arguments():
+    """Clopidogrel (Cl, S, 21 heavy atoms) goes to the drug-like checkpoint, ethanol to QM9's."""
+    import numpy as np
+    from ase.build import molecule
+
+    from ase_diffrelax import DiffusionRelax, atoms_from_smiles
+    from ase_diffrelax.core.checkpoint import choose_model
+
+    reg = registry()
+    drug_models = [n for n, e in reg["models"].items() if {"S", "Cl", "Br"} <= set(e["elements"])]
+    assert drug_models, "no shipped checkpoint knows S, Cl and Br"
+    atoms = atoms_from_smiles("COC(=O)[C@H](c1ccccc1Cl)N1CCc2sccc2C1")
+    start = atoms.positions.copy()
+    DiffusionRelax(atoms, logfile=None, on_topology_change="raise").run()
+    assert atoms.info["diffusion_model"] in drug_models
+    assert atoms.info["diffusion_level_of_theory"] == reg["models"][atoms.info["diffusion_model"]]["level_of_theory"]
+    assert np.isfinite(atoms.positions).all() and np.abs(atoms.positions - start).max() > 1e-3
+    assert choose_model([molecule("CH3CH2OH")]) == reg["default"]  # QM9-sized H C N O stays with QM9's

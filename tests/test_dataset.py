@@ -9,6 +9,7 @@ from ase_diffrelax.training.xtb_dataset import (
     assemble,
     build_dataset,
     load_xtb_dataset,
+    read_dataset,
     read_smiles_file,
     relax_smiles,
 )
@@ -54,6 +55,12 @@ def test_build_resume_and_assemble(tmp_path):
     mmff = load_xtb_dataset(tmp_path / "ds" / "dataset.npz", "train", geometry="mmff")
     assert len(train) == 2 and list(train.smiles) == ["CCO", "c1ccccc1Cl"]
     assert np.array_equal(train.numbers, mmff.numbers) and not np.allclose(train.positions, mmff.positions)
+    records = read_dataset(tmp_path / "ds" / "dataset.npz", "train")
+    assert [a.info["smiles"] for a in records] == ["CCO", "c1ccccc1Cl"]
+    chlorobenzene = records[1]
+    assert chlorobenzene.get_chemical_symbols().count("Cl") == 1
+    assert np.allclose(chlorobenzene.arrays["positions_mmff"], mmff.positions[len(records[0]):], atol=1e-5)
+    assert chlorobenzene.info["energy_xtb"] < chlorobenzene.info["energy_xtb_at_mmff"]
 
 
 def test_a_build_refuses_to_switch_optimizer_midway(tmp_path):

@@ -196,6 +196,10 @@ def test_cli_fine_tunes_a_checkpoint_on_an_xtb_dataset_with_new_elements(tiny_mo
     ft = load_model(tmp_path / "ft" / "best")
     assert set(ft.elements) == {1, 6, 7, 8, 9, 16, 17}
     assert ft.card["training"]["init"] == str(tiny_model.path)
+    from ase_diffrelax.training.xtb_dataset import load_xtb_dataset
+
+    assert ft.card["training"]["train_molecules"] == len(load_xtb_dataset(tmp_path / "ds" / "dataset.npz", "train"))
+    assert ft.level_of_theory == "GFN2-xTB"  # from the dataset's card, though loaded by path
     from ase_diffrelax import atoms_from_smiles
 
     res = relax_many([atoms_from_smiles("ClCCS")], model=ft, progress=False)  # S and Cl relax with no error

@@ -41,10 +41,10 @@ def available_models() -> dict[str, dict]:
 def choose_model(atoms_list, label: str = "input") -> str:
     """The shipped checkpoint for these molecules: the first in the registry's ``choice_order`` that
     knows every element and whose ``atoms`` (and, where given, ``heavy_atoms``) range, widened by
-    the registry's ``size_tolerance`` (default 1.5), holds the largest molecule; else the first
-    that knows every element. The order and tolerance are set by measurement (docs/benchmarks.md).
-    ``ASE_DIFFRELAX_MODEL`` overrides. No checkpoint knows an element: InputError listing what is
-    shipped."""
+    the registry's ``size_tolerance`` (default 1.5), holds the largest molecule; else, of those
+    that know every element, the one trained on the largest molecules. The order and tolerance
+    are set by measurement (docs/benchmarks.md, choice study). ``ASE_DIFFRELAX_MODEL`` overrides.
+    No checkpoint knows an element: InputError listing what is shipped."""
     from ase.data import atomic_numbers, chemical_symbols
 
     from .validate import InputError
@@ -73,7 +73,7 @@ def choose_model(atoms_list, label: str = "input") -> str:
         if (largest <= tol * entry.get("atoms", [0, 10**9])[1]
                 and largest_heavy <= tol * entry.get("heavy_atoms", [0, 10**9])[1]):
             return name
-    return knows[0]
+    return max(knows, key=lambda n: reg["models"][n].get("atoms", [0, 10**9])[1])  # the one trained largest
 
 
 def sha256(path: Path) -> str:
@@ -110,7 +110,7 @@ class LoadedModel:
 
     @property
     def level_of_theory(self) -> str:
-        return str(self.card.get("level_of_theory", "unknown"))
+        return str(self.card.get("level_of_theory") or "unknown")
 
     @property
     def elements(self) -> tuple:

@@ -444,6 +444,17 @@ class Trainer:
         out["val_score"] = total
         return out
 
+    def _level_of_theory(self) -> str | None:
+        """What the training minima were computed with, so a checkpoint loaded by path says what it
+        approximates: QM9's B3LYP, or the level in the dataset's card.json (built datasets)."""
+        if not self.cfg.data:
+            return "B3LYP/6-31G(2df,p)"
+        card = Path(self.cfg.data).with_name("card.json")
+        if card.exists():
+            level = json.loads(card.read_text()).get("level_of_theory")
+            return level.split(" (")[0] if level else None
+        return None
+
     def card(self, metrics: dict | None = None) -> dict:
         return {
             "name": Path(self.cfg.out).name,
@@ -456,9 +467,11 @@ class Trainer:
                           if self.cfg.data.endswith(".npz") else
                           {"test": "Index % 10 == 0 (never trained on)", "val": "Index % 10 == 1", "train": "rest"}),
                 "init": self.cfg.init or None,
+                "train_molecules": len(self.data) if self.data is not None else self.train_molecules,
                 "steps": self.step, "batch_size": self.cfg.batch_size, "wall_s": round(self.wall, 1),
                 "config": asdict(self.cfg),
             },
+            "level_of_theory": self._level_of_theory(),
             "max_atoms": int(self.data.ms.sizes().max()) if self.data is not None else None,
             "elements_seen": sorted(int(z) for z in np.unique(self.data.ms.numbers)) if self.data is not None else None,
             "validation": metrics or next((h for h in reversed(self.history) if "val_score" in h), {}),

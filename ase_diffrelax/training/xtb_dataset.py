@@ -389,6 +389,36 @@ def load_xtb_dataset(path: str | os.PathLike, split: str | None = None, geometry
     return ms.subset(splits == split) if split else ms
 
 
+def read_dataset(path: str | os.PathLike, split: str | None = None, rows=None) -> list:
+    """A built dataset as ASE ``Atoms`` at the xTB minima, one per molecule.
+
+    For evaluation and for users who want the records, not a training set: ``info`` holds id,
+    smiles, split, charge, uhf, energy_xtb (eV, at the minimum) and energy_xtb_at_mmff (eV);
+    ``arrays["positions_mmff"]`` holds the MMFF94 minimum in the same atom order. ``rows`` picks
+    molecules by index into the file (after ``split`` filtering when both are given).
+    """
+    from ase import Atoms
+
+    with np.load(path, allow_pickle=False) as f:
+        d = {k: f[k] for k in ("numbers", "pos_xtb", "pos_mmff", "offsets", "ids", "smiles", "split",
+                               "charge", "uhf", "e_xtb", "e_xtb_at_mmff")}
+    picked = np.arange(len(d["ids"]))
+    if split:
+        picked = picked[d["split"] == split]
+    if rows is not None:
+        picked = picked[np.asarray(rows, dtype=np.int64)]
+    out = []
+    for r in picked:
+        a, b = d["offsets"][r], d["offsets"][r + 1]
+        atoms = Atoms(numbers=d["numbers"][a:b].astype(int), positions=d["pos_xtb"][a:b].astype(float))
+        atoms.arrays["positions_mmff"] = d["pos_mmff"][a:b].astype(float)
+        atoms.info.update(id=int(d["ids"][r]), smiles=str(d["smiles"][r]), split=str(d["split"][r]),
+                          charge=int(d["charge"][r]), uhf=int(d["uhf"][r]),
+                          energy_xtb=float(d["e_xtb"][r]), energy_xtb_at_mmff=float(d["e_xtb_at_mmff"][r]))
+        out.append(atoms)
+    return out
+
+
 def read_smiles_file(path: str | os.PathLike) -> list[tuple[int, str, str]]:
     """A user's ``.smi``/``.csv``/``.txt``: first column SMILES (a header line 'smiles' is skipped);
     optional second column 'train'/'val' puts the molecule in that split (default train)."""

@@ -1,0 +1,71 @@
+"""Ship a trained run as a named checkpoint: copy weights + card into checkpoints/, register it.
+
+The registry entry's element list and size ranges come from the training data (what the model has
+seen), its sha256 from the copied weights, so nothing in it is typed by hand but the name, the
+level of theory and the data description.
+
+    python benchmarks/ship_checkpoint.py runs/moses-painn128-jt/best moses-painn128-jt \\
+        --level "GFN2-xTB" --data data/moses_xtb/dataset.npz \\
+        --training-data "MOSES train (molsets 0.3.1), 8,995 molecules, GFN2-xTB minima"
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+from ase.data import chemical_symbols
+
+from ase_diffrelax.core.checkpoint import checkpoint_dir, sha256
+from ase_diffrelax.files import atomic_write_json
+
+
+def data_ranges(path: str) -> dict:
+    """Elements, atom and heavy-atom ranges of a built dataset's train split."""
+    with np.load(path, allow_pickle=False) as f:
+        numbers, offsets, split = f["numbers"], f["offsets"], f["split"]
+    rows = np.nonzero(split == "train")[0]
+    sizes = offsets[rows + 1] - offsets[rows]
+    heavy = np.array([int((numbers[offsets[r]:offsets[r + 1]] > 1).sum()) for r in rows])
+    zs = sorted({int(z) for r in rows for z in numbers[offsets[r]:offsets[r + 1]]})
+    return {"elements": [chemical_symbols[z] for z in zs], "atoms": [int(sizes.min()), int(sizes.max())],
+            "heavy_atoms": [int(heavy.min()), int(heavy.max())]}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run", help="checkpoint base path in a run folder (e.g. runs/NAME/best)")
+    p.add_argument("name")
+    p.add_argument("--level", required=True, help="level of theory the training minima were computed with")
+    p.add_argument("--data", required=True, help="the built dataset (.npz) the run trained on")
+    p.add_argument("--training-data", required=True, help="one line for the registry")
+    p.add_argument("--choice-position", type=int, default=None,
+                   help="insert into the registry's choice_order at this index (default: append)")
+    args = p.parse_args(argv)
+
+    src = Path(args.run.removesuffix(".safetensors").removesuffix(".json"))
+    dst = checkpoint_dir() / args.name
+    shutil.copyfile(src.with_suffix(".safetensors"), dst.with_suffix(".safetensors"))
+    card = json.loads(src.with_suffix(".json").read_text())
+    card["name"] = args.name
+    card["level_of_theory"] = args.level
+    atomic_write_json(dst.with_suffix(".json"), card, indent=2)
+
+    reg_path = checkpoint_dir() / "registry.json"
+    reg = json.loads(reg_path.read_text())
+    reg["models"][args.name] = {
+        "weights": dst.with_suffix(".safetensors").name, "card": dst.with_suffix(".json").name,
+        "sha256": sha256(dst.with_suffix(".safetensors")), "level_of_theory": args.level,
+        "training_data": args.training_data, **data_ranges(args.data), "charges": [0], "closed_shell": True,
+    }
+    order = [n for n in reg["choice_order"] if n != args.name]
+    order.insert(len(order) if args.choice_position is None else args.choice_position, args.name)
+    reg["choice_order"] = order
+    atomic_write_json(reg_path, reg, indent=2)
+    print(json.dumps(reg["models"][args.name], indent=1), "\nchoice_order:", order)
+
+
+if __name__ == "__main__":
+    main()
