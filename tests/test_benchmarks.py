@@ -112,6 +112,10 @@ def test_drugs_benchmark_selects_by_elements_and_size_and_reports_quality_and_ha
     study = choice.main([str(tmp_path / "d.json"), "--data", str(tiny_xtb_dataset), "--split", "test",
                          "--bins", "1:3,4:9", "--out", str(tmp_path / "c.json")])
     assert [b["n"] for b in study["bins"]] == [1, 2]  # ethanol | methyl acetate, glycerol
+    breakdown = pytest.importorskip("benchmarks.drugs_breakdown").main(
+        [str(tmp_path / "d.json"), "--data", str(tiny_xtb_dataset), "--out", str(tmp_path / "b.json")])
+    assert breakdown["n"] == 3 and breakdown["groups"]["H C N O F only"]["n"] == 3
+    assert "with Cl" not in breakdown["groups"]  # chloroethane was filtered out by --elements
     med = study["bins"][1]["models"][part["models"][0]]
     assert med["steps_median"] == float(np.median([t["diffusion"]["steps"] for t in part["table"] if t["n_atoms"] == 14]))
 
