@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from ase import units
 
 # named policy variants reported in docs/policies.md; unset t_scale = the checkpoint's calibration;
 # "-ddpm" = the papers' stochastic t -> t-1 steps (eta 1, stride 0), uncalibrated
@@ -31,6 +32,20 @@ NAMED_POLICIES = {
     "fixed-30-ddpm": "fixed:t0=30+eta=1+stride=0",
     "fixed-50-ddpm": "fixed:t0=50+eta=1+stride=0",
 }
+
+
+KCAL_MOL_PER_EV = units.mol / units.kcal
+
+
+def drugs_report_rows(paths) -> tuple[list[str], list[dict]]:
+    """The per-molecule hand-off rows of ``benchmarks/drugs.py`` reports, each with its MOSES
+    ``part``, and the checkpoints that produced them."""
+    models, rows = set(), []
+    for path in paths:
+        for part, entry in json.loads(Path(path).read_text())["parts"].items():
+            models |= set(entry["models"])
+            rows += [{**t, "part": part} for t in entry.get("table", [])]
+    return sorted(models), rows
 
 
 def policy_from_name(name: str):

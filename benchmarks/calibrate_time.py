@@ -31,12 +31,11 @@ import json
 from pathlib import Path
 
 import torch
-from ase import units
 
 from ase_diffrelax import load_model
 from ase_diffrelax.chem.rmsd import SymmetricRMSD
 from ase_diffrelax.core.policy import make_policy
-from ase_diffrelax.evaluation import build_starts, measure, pick_molecules, policy_from_name
+from ase_diffrelax.evaluation import KCAL_MOL_PER_EV, build_starts, measure, pick_molecules, policy_from_name
 from ase_diffrelax.files import atomic_write_json
 
 
@@ -88,7 +87,7 @@ def xtb_gap_kcal(atoms_list, positions_list) -> list[float]:
         a = atoms.copy()
         a.positions = pos
         a.calc = xtb_calculator(charge=atoms.info["charge"])
-        out.append((a.get_potential_energy() - atoms.info["energy_xtb"]) * units.mol / units.kcal)
+        out.append((a.get_potential_energy() - atoms.info["energy_xtb"]) * KCAL_MOL_PER_EV)
     return out
 
 

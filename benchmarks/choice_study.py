@@ -13,18 +13,16 @@ and ``size_tolerance`` (docs/benchmarks.md).
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 
 import numpy as np
 
+from ase_diffrelax.evaluation import drugs_report_rows
 from ase_diffrelax.files import atomic_write_json
 
 
 def load_rows(report_path: str, split: str) -> tuple[str, dict]:
-    rep = json.loads(Path(report_path).read_text())
-    part = rep["parts"][split]
-    return ", ".join(part["models"]), {t["id"]: t for t in part["table"]}
+    models, rows = drugs_report_rows([report_path])
+    return ", ".join(models), {t["id"]: t for t in rows if t["part"] == split}
 
 
 def main(argv=None):

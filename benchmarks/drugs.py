@@ -24,13 +24,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-from ase import units
 
 from ase_diffrelax.chem.rdkit_interop import mmff_from_smiles_geometry
+from ase_diffrelax.evaluation import KCAL_MOL_PER_EV
 from ase_diffrelax.files import JsonlStore, atomic_write_json
 
 HERE = Path(__file__).resolve().parent
-KCAL = units.mol / units.kcal  # eV -> kcal/mol
 
 
 def xtb_bfgs(numbers, positions, fmax, max_steps, charge=0):
@@ -185,8 +184,8 @@ def main(argv=None):
                 out = {start: xtb_from(cache, part, atoms, start, args, name) for start in STARTS}
                 e_min = min(min(v["e_end"] for v in out.values()), info["energy_xtb"])
                 table.append({"id": info["id"], "n_atoms": len(z), **{
-                    s: {"steps": v["steps"], "start_kcal": (v["e_start"] - e_min) * KCAL,
-                        "final_kcal": (v["e_end"] - e_min) * KCAL, "bonds_changed": v["bonds_changed"],
+                    s: {"steps": v["steps"], "start_kcal": (v["e_start"] - e_min) * KCAL_MOL_PER_EV,
+                        "final_kcal": (v["e_end"] - e_min) * KCAL_MOL_PER_EV, "bonds_changed": v["bonds_changed"],
                         "wall_s": v["wall_s"], "diffusion_wall_s": v.get("diffusion_wall_s")} for s, v in out.items()}})
             ratio = [t["diffusion"]["steps"] / max(1, t["mmff"]["steps"]) for t in table]
             entry["handoff"] = {

@@ -8,11 +8,10 @@ xTB minimum (symmetry-aware all-atom RMSD, optimally aligned, terciles).
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 
 import numpy as np
 
+from ase_diffrelax.evaluation import drugs_report_rows
 from ase_diffrelax.files import atomic_write_json
 
 
@@ -33,14 +32,12 @@ def main(argv=None):
     p.add_argument("--data", default="data/moses_xtb/dataset.npz")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
-    rows = []
-    for path in args.reports:
-        for part, e in json.loads(Path(path).read_text())["parts"].items():
-            mols = {a.info["id"]: a for a in read_dataset(args.data, split=part)}
-            for t in e["table"]:
-                a = mols[t["id"]]
-                rows.append({**t, "elements": set(a.get_chemical_symbols()),
-                             "mmff_rmsd": float(SymmetricRMSD(a.numbers, a.positions)(a.arrays["positions_mmff"]))})
+    _, rows = drugs_report_rows(args.reports)
+    mols = {(a.info["split"], a.info["id"]): a for a in read_dataset(args.data)}
+    for r in rows:
+        a = mols[(r["part"], r["id"])]
+        r["elements"] = set(a.get_chemical_symbols())
+        r["mmff_rmsd"] = float(SymmetricRMSD(a.numbers, a.positions)(a.arrays["positions_mmff"]))
     groups = {"H C N O F only": [r for r in rows if r["elements"] <= {"H", "C", "N", "O", "F"}]}
     for el in ("S", "Cl", "Br"):
         groups[f"with {el}"] = [r for r in rows if el in r["elements"]]

@@ -26,9 +26,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-from ase import units
 
-from ase_diffrelax.evaluation import model_hash
+from ase_diffrelax.evaluation import KCAL_MOL_PER_EV, model_hash
 from ase_diffrelax.files import JsonlStore, atomic_write_json, save_figure
 
 HERE = Path(__file__).resolve().parent
@@ -143,8 +142,8 @@ def summarize(rows: dict, starts: list[str], level: str) -> dict:
             entry[s] = {
                 "steps": r["physics"]["steps"], "force_calls": r["physics"]["force_calls"],
                 "physics_wall_s": r["physics"]["wall_s"], "converged": r["physics"]["converged"],
-                "start_above_min_kcal": (r["physics"]["energy_start_eV"] - e_min) * units.mol / units.kcal,
-                "final_above_min_kcal": (r["physics"]["energy_end_eV"] - e_min) * units.mol / units.kcal,
+                "start_above_min_kcal": (r["physics"]["energy_start_eV"] - e_min) * KCAL_MOL_PER_EV,
+                "final_above_min_kcal": (r["physics"]["energy_end_eV"] - e_min) * KCAL_MOL_PER_EV,
                 "rmsd_start_ref": r["rmsd_start_to_reference"], "rmsd_final_ref": r["rmsd_final_to_reference"],
                 "diffusion_wall_s": r["stages"].get("diffusion", {}).get("wall_s"),
                 "diffusion_steps": r["stages"].get("diffusion", {}).get("steps"),

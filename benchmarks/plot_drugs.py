@@ -9,21 +9,16 @@ minimum. Optionally a second set of reports (e.g. the QM9 checkpoint on the H C 
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 
 import numpy as np
 
+from ase_diffrelax.evaluation import drugs_report_rows
 from ase_diffrelax.files import save_figure
 
 
 def tables(paths) -> tuple[str, list[dict]]:
-    rows, models = [], set()
-    for path in paths:
-        for part, e in json.loads(Path(path).read_text())["parts"].items():
-            models |= set(e["models"])
-            rows += [{**t, "part": part} for t in e.get("table", [])]
-    return ", ".join(sorted(models)), rows
+    models, rows = drugs_report_rows(paths)
+    return ", ".join(models), rows
 
 
 def main(argv=None):

@@ -287,7 +287,7 @@ class Trainer:
             "config": asdict(self.cfg), "step": self.step, "wall_s": self.wall, "best_val": self.best_val,
             "bad_evals": self.bad_evals, "lr": self.opt.param_groups[0]["lr"], "optimizer": opt_meta,
             "numpy_rng": self.rng.bit_generator.state, "history": self.history,
-            "train_molecules": len(self.data) if self.data is not None else self.train_molecules,
+            "train_molecules": self.n_train,
         }
         st, js = self.state_paths()
         # both files carry the step; resume refuses a mismatched pair
@@ -444,6 +444,11 @@ class Trainer:
         out["val_score"] = total
         return out
 
+    @property
+    def n_train(self) -> int | None:
+        """Training-set size: of the loaded data, else what the resumed state recorded."""
+        return len(self.data) if self.data is not None else self.train_molecules
+
     def _level_of_theory(self) -> str | None:
         """What the training minima were computed with, so a checkpoint loaded by path says what it
         approximates: QM9's B3LYP, or the level in the dataset's card.json (built datasets)."""
@@ -467,7 +472,7 @@ class Trainer:
                           if self.cfg.data.endswith(".npz") else
                           {"test": "Index % 10 == 0 (never trained on)", "val": "Index % 10 == 1", "train": "rest"}),
                 "init": self.cfg.init or None,
-                "train_molecules": len(self.data) if self.data is not None else self.train_molecules,
+                "train_molecules": self.n_train,
                 "steps": self.step, "batch_size": self.cfg.batch_size, "wall_s": round(self.wall, 1),
                 "config": asdict(self.cfg),
             },
