@@ -6,7 +6,7 @@ level of theory and the data description.
 
     python benchmarks/ship_checkpoint.py runs/moses-painn128-jt/best moses-painn128-jt \\
         --level "GFN2-xTB" --data data/moses_xtb/dataset.npz \\
-        --training-data "MOSES train (molsets 0.3.1), 8,995 molecules, GFN2-xTB minima"
+        --training-data "MOSES train (molsets 0.3.1), 12,593 molecules, GFN2-xTB minima"
 """
 from __future__ import annotations
 
