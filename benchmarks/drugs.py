@@ -20,6 +20,7 @@ H C N O F subset. Every physics relaxation is cached in benchmarks/cache/drugs_x
 from __future__ import annotations
 
 import argparse
+import functools
 import time
 from pathlib import Path
 
@@ -53,17 +54,25 @@ def xtb_bfgs(numbers, positions, fmax, max_steps, charge=0):
 STARTS = ("mmff", "diffusion", "xtb-min")
 
 
+@functools.cache
+def diffusion_key(model: str, policy: str, compiled: bool) -> str:
+    """Cache-key suffix of a diffusion start: hashed once per checkpoint, not once per molecule."""
+    from ase_diffrelax import load_model
+    from ase_diffrelax.evaluation import model_hash
+
+    return f"_{model_hash(load_model(model), policy)}" + ("_compiled" if compiled else "")
+
+
 def xtb_from(cache, part: str, atoms, start: str, args, model: str | None = None) -> dict:
     """One cached GFN2-xTB BFGS run of a dataset molecule from ``start``: its MMFF94 minimum, the
     diffusion output from there (``model``), or its xTB minimum."""
     from ase import Atoms
 
-    from ase_diffrelax import load_model, relax_many
-    from ase_diffrelax.evaluation import model_hash
+    from ase_diffrelax import relax_many
 
     key = f"{part}_{atoms.info['id']}_{start}"
     if start == "diffusion":
-        key += f"_{model_hash(load_model(model), args.policy)}" + ("_compiled" if args.compile else "")
+        key += diffusion_key(model, args.policy, args.compile)
     if key not in cache:
         extra = {}
         if start == "mmff":

@@ -20,18 +20,16 @@ from ase.data import chemical_symbols
 
 from ase_diffrelax.core.checkpoint import checkpoint_dir, sha256
 from ase_diffrelax.files import atomic_write_json
+from ase_diffrelax.training.xtb_dataset import load_xtb_dataset
 
 
 def data_ranges(path: str) -> dict:
     """Elements, atom and heavy-atom ranges of a built dataset's train split."""
-    with np.load(path, allow_pickle=False) as f:
-        numbers, offsets, split = f["numbers"], f["offsets"], f["split"]
-    rows = np.nonzero(split == "train")[0]
-    sizes = offsets[rows + 1] - offsets[rows]
-    heavy = np.array([int((numbers[offsets[r]:offsets[r + 1]] > 1).sum()) for r in rows])
-    zs = sorted({int(z) for r in rows for z in numbers[offsets[r]:offsets[r + 1]]})
-    return {"elements": [chemical_symbols[z] for z in zs], "atoms": [int(sizes.min()), int(sizes.max())],
-            "heavy_atoms": [int(heavy.min()), int(heavy.max())]}
+    ms = load_xtb_dataset(path, "train")
+    sizes = ms.sizes()
+    heavy = np.add.reduceat((ms.numbers > 1).astype(np.int64), ms.offsets[:-1])
+    return {"elements": [chemical_symbols[int(z)] for z in np.unique(ms.numbers)],
+            "atoms": [int(sizes.min()), int(sizes.max())], "heavy_atoms": [int(heavy.min()), int(heavy.max())]}
 
 
 def main(argv=None):
