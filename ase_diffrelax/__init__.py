@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import importlib
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 _EXPORTS = {
     "DiffusionRelax": "adapters.optimizer",
@@ -27,6 +27,7 @@ _EXPORTS = {
     "InputError": "core.validate",
     "atoms_from_smiles": "chem.rdkit_interop",
     "run_pipeline": "workflows.pipeline",
+    "tune_allocator": "core.allocator",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -41,7 +41,18 @@ def _read_frames(path: str, index: str = ":"):
 def _policy(args):
     from .core.policy import make_policy
 
-    return make_policy(args.policy, t0=args.t0, eta=args.eta, stride=args.stride, max_steps=args.max_steps)
+    return make_policy(args.policy, t0=args.t0, eta=args.eta, stride=args.stride,
+                       max_steps=getattr(args, "diffusion_max_steps", None))
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be >= 1")
+    return value
 
 
 def _train(args) -> int:
@@ -79,16 +90,21 @@ def _train(args) -> int:
 def _relax_collection(args) -> int:
     import os
 
-    from .workflows.collection import parse_shard, relax_collection
+    from .workflows.collection import compile_choice, count_shard_entries, parse_shard, relax_collection
 
     if not os.path.exists(args.input):
         raise UserError(f"{args.input}: no such file")
     shard = parse_shard(args.shard)
+    compile, why = compile_choice(count_shard_entries(args.input, shard), args.compile)
+    print(f"ase-diffrelax: {why}", file=sys.stderr)
+    if args.overwrite and os.path.exists(args.output) and not args.resume:
+        raise UserError(f"{args.output}: streaming outputs are never overwritten; --resume continues it, or "
+                        "remove it yourself")
     t0 = __import__("time").perf_counter()
     stats = relax_collection(args.input, args.output, shard=shard, resume=args.resume, model=args.model,
                              policy=_policy(args), seed=args.seed, conformer_seed=args.conformer_seed,
                              chunk_size=args.chunk_size, batch_size=args.batch_size, device=args.device,
-                             progress=not args.quiet, compile=args.compile)
+                             progress=not args.quiet, compile=compile)
     wall = __import__("time").perf_counter() - t0
     summary = ", ".join(f"{v} {k}" for k, v in sorted(stats.statuses.items())) or "nothing new"
     print(f"shard {shard[0]}/{shard[1]}: {stats.entries} entries ({summary}); {stats.skipped_done} already done; "
@@ -98,21 +114,28 @@ def _relax_collection(args) -> int:
 
 
 def _merge(args) -> int:
-    from .workflows.collection import merge_outputs
+    from .workflows.collection import count_input_entries, merge_outputs
 
-    info = merge_outputs(args.inputs, args.output)
-    print(f"merged {info['rows']} rows into {args.output}; {info['n_missing']} input indices missing"
+    expected = count_input_entries(args.input) if args.input else None
+    info = merge_outputs(args.inputs, args.output, expected=expected)
+    of = f" of {info['n_expected']}" if info["n_expected"] is not None else " (input size unknown: no --input and no " \
+        "finished shard header; gaps after the last row cannot be seen)"
+    print(f"merged {info['rows']}{of} rows into {args.output}; {info['n_missing']} input indices missing"
           + (f" (first: {info['missing_indices'][:10]})" if info["n_missing"] else ""))
+    if info["unfinished_shards"]:
+        print(f"  shards that did not finish (no header): {', '.join(info['unfinished_shards'])}")
     return 0 if not info["n_missing"] else 1
 
 
 def _relax(args) -> int:
-    from ase.io import write
 
     from .adapters.batch import relax_many
+    from .workflows.collection import check_output_path
 
-    streaming = (args.shard or args.resume or args.input.lower().endswith((".smi", ".smiles", ".txt"))
-                 or args.output.lower().endswith(".db"))
+    streaming = bool(args.shard or args.resume or args.input.lower().endswith((".smi", ".smiles", ".txt"))
+                     or args.output.lower().endswith(".db"))
+    if not streaming:
+        check_output_path(args.output, streaming=False, overwrite=args.overwrite, inputs=[args.input])
     if streaming:
         if args.traj:
             raise UserError("--traj is not available with --shard/--resume/.smi/.db (large collections)")
@@ -123,15 +146,19 @@ def _relax(args) -> int:
         stem, dot, ext = traj.rpartition(".")
         traj = f"{stem}_{{i}}.{ext}" if dot else traj + "_{i}"
     from .core.validate import InputError
+    from .workflows.collection import compile_choice
 
+    compile, why = compile_choice(len(frames), args.compile)
+    if args.compile is None and compile:
+        print(f"ase-diffrelax: {why}", file=sys.stderr)
     try:
         results = relax_many(frames, model=args.model, policy=_policy(args), batch_size=args.batch_size,
                              device=args.device, seed=args.seed, progress=not args.quiet, trajectory=traj,
-                             on_error="skip" if args.skip_bad else "raise", compile=args.compile)
+                             on_error="skip" if args.skip_bad else "raise", compile=compile)
     except InputError as exc:  # name the file and frame the user gave
         raise UserError(f"{args.input}: {str(exc).replace('structure ', 'frame ', 1)} (--skip-bad to write it "
                         "unchanged with status 'rejected' and go on)") from exc
-    write(args.output, [r.atoms for r in results])
+    _write_atomically(args.output, [r.atoms for r in results])
     counts = {}
     for r in results:
         counts[r.status] = counts.get(r.status, 0) + 1
@@ -144,6 +171,24 @@ def _relax(args) -> int:
         if r.topology.get("changed"):
             print(f"  {args.input} frame {k}: bonds broken {r.topology['broken']}, formed {r.topology['formed']}")
     return 0
+
+
+def _write_atomically(path: str, frames) -> None:
+    """Write next to ``path``, then rename: an interrupted write never leaves half a file, and an
+    input being replaced (--overwrite) was read whole before."""
+    import os
+
+    from ase.io import write
+    from ase.io.formats import filetype
+
+    fmt = filetype(path, read=False)
+    tmp = os.path.join(os.path.dirname(os.path.abspath(path)), f".{os.path.basename(path)}.{os.getpid()}.tmp")
+    try:
+        write(tmp, frames, format=fmt)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 def _pipeline(args) -> int:
@@ -163,14 +208,19 @@ def _pipeline(args) -> int:
     params = {}
     if args.to == "dft":
         params = {"xc": args.xc, "basis": args.basis, "density_fit": args.density_fit, "threads": args.threads}
-    result = run_pipeline(start, stages=stages, fmax=args.fmax, physics_max_steps=args.max_steps, model=args.model,
+    if args.output:
+        from .workflows.collection import check_output_path
+
+        check_output_path(args.output, streaming=False, overwrite=args.overwrite,
+                          inputs=[args.start] if os.path.exists(args.start) else [])
+    result = run_pipeline(start, stages=stages, fmax=args.fmax, physics_max_steps=args.physics_max_steps,
+                          model=args.model, strip_salts=not args.keep_salts,
                           policy=_policy(args), seed=args.seed, conformer_seed=args.conformer_seed,
                           charge=args.charge, uhf=args.uhf, strict=args.strict, traj_prefix=args.traj,
-                          physics_params=params, physics_log="-" if args.verbose or args.to == "dft" else None)
+                          physics_params=params, physics_log="-" if args.verbose or args.to == "dft" else None,
+                          optimizer=args.optimizer, hessian=args.hessian)
     if args.output:
-        from ase.io import write
-
-        write(args.output, result.atoms)
+        _write_atomically(args.output, [result.atoms])
     print(result.table())
     if args.json:
         from .files import atomic_write_json
@@ -236,18 +286,24 @@ def build_parser() -> argparse.ArgumentParser:
                    help="any ASE-writable file; .db or extxyz with --shard/--resume (written chunk by chunk)")
     r.add_argument("--index", default=":", help="frames to read (ASE index syntax)")
     _add_policy_options(r)
-    r.add_argument("--max-steps", type=int, default=None, help="diffusion steps per molecule at most")
-    r.add_argument("--batch-size", type=int, default=None, help="molecules in flight (default: 16 on CPU, 256 on GPU)")
+    r.add_argument("--max-steps", dest="diffusion_max_steps", type=positive_int, default=None,
+                   help="diffusion steps per molecule at most (default: the policy's, 100 for jt)")
+    r.add_argument("--batch-size", type=positive_int, default=None,
+                   help="molecules in flight (default: 16 on CPU, 256 on GPU)")
+    r.add_argument("--overwrite", action="store_true", help="replace an existing output file (never a streaming "
+                   "output; the input only if named as output)")
     r.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
-    r.add_argument("--compile", action="store_true", help="torch.compile the network: worth it for many "
-                   "molecules (seconds of warm-up, then several times faster on CPU; needs a C++ compiler)")
+    r.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="torch.compile the network (seconds of warm-up, then several times faster on CPU; needs a C++ "
+                        "compiler); default: compiled when the input has enough entries to pay for the warm-up "
+                        "(measured break-even, docs/benchmarks.md), said on stderr")
     r.add_argument("--traj", default=None, help="trajectory file(s) for ase gui ({i} = frame index)")
     r.add_argument("--skip-bad", action="store_true",
                    help="write structures the checkpoint cannot take unchanged, status 'rejected', instead of failing")
     r.add_argument("--shard", default=None, metavar="I/N",
                    help="relax only entries k with k %% N == I (a SLURM array task each); streams the input")
     r.add_argument("--resume", action="store_true", help="continue an interrupted run into the same output")
-    r.add_argument("--chunk-size", type=int, default=512, help="entries per written chunk (streaming mode)")
+    r.add_argument("--chunk-size", type=positive_int, default=512, help="entries per written chunk (streaming mode)")
     r.add_argument("--conformer-seed", type=int, default=0, help="ETKDG seed for SMILES inputs")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
     r.set_defaults(func=_relax)
@@ -260,8 +316,20 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--skip-mmff", action="store_true", help="start the chain from the file's geometry")
     q.add_argument("--strict", action="store_true",
                    help="fail when the diffusion checkpoint cannot take the molecule (default: skip that stage)")
-    q.add_argument("--fmax", type=float, default=0.03, help="eV/A, BFGS criterion of the physics stage")
-    q.add_argument("--max-steps", type=int, default=500, help="BFGS steps of the physics stage at most")
+    q.add_argument("--fmax", type=float, default=0.03, help="eV/A, max-force criterion of the physics stage")
+    q.add_argument("--max-steps", dest="physics_max_steps", type=positive_int, default=500,
+                   help="optimizer steps of the physics stage at most (not the diffusion stage)")
+    q.add_argument("--diffusion-max-steps", type=positive_int, default=None,
+                   help="model evaluations of the diffusion stage at most (default: the policy's, 100 for jt)")
+    q.add_argument("--keep-salts", action="store_true", help="refuse a multi-fragment SMILES instead of relaxing "
+                   "its largest fragment (counter-ions and solvent are stripped by default, and reported)")
+    q.add_argument("--overwrite", action="store_true", help="replace an existing -o file")
+    q.add_argument("--optimizer", default="auto", choices=["auto", "bfgs", "lbfgs", "fire", "sella", "geometric"],
+                   help="physics hand-off optimizer; auto = the measured fastest for --to (docs/benchmarks.md); "
+                        "bfgs = ASE BFGS, the behaviour before 0.3")
+    q.add_argument("--hessian", default="auto", choices=["auto", "identity", "xtb"],
+                   help="initial Hessian of the physics stage: identity (ASE's), xtb (GFN2-xTB finite differences "
+                        "at the start, counted apart), auto = the measured choice")
     _add_policy_options(q)
     q.add_argument("--conformer-seed", type=int, default=0, help="ETKDG seed for a SMILES start")
     q.add_argument("--charge", type=int, default=None, help="total charge (default: from the SMILES or the file)")
@@ -328,6 +396,8 @@ def build_parser() -> argparse.ArgumentParser:
     g = sub.add_parser("merge", help="join the outputs of sharded relax runs, ordered by input index")
     g.add_argument("inputs", nargs="+", help="shard outputs (.db or extxyz)")
     g.add_argument("-o", "--output", required=True, help="merged .db or extxyz")
+    g.add_argument("--input", default=None, help="the input the shards came from: its entry count is the "
+                   "expected row count (default: the count finished shards recorded)")
     g.set_defaults(func=_merge)
 
     m = sub.add_parser("models", help="list the shipped checkpoints with their elements, sizes and level of theory")
@@ -336,7 +406,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv  # accepted before or after the subcommand
+    args = build_parser().parse_args([a for a in argv if a != "--debug"])
+    args.debug = debug
+    if args.cmd in ("relax", "pipeline", "train"):
+        from .core.allocator import tune_allocator
+
+        tune_allocator()  # eager CPU inference otherwise spends ~40 % in page faults (docs/benchmarks.md)
     if args.debug:
         return args.func(args)
     try:
@@ -344,10 +421,11 @@ def main(argv=None) -> int:
     except ImportError as exc:
         print(f"ase-diffrelax: missing dependency: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except (UserError, ValueError, FileNotFoundError, FileExistsError, RuntimeError) as exc:
+    except (UserError, ValueError, OSError, RuntimeError) as exc:
         from .core.validate import InputError
+        from .files import LockHeld
 
-        bad = (UserError, InputError, ValueError, FileNotFoundError, FileExistsError)
+        bad = (UserError, InputError, ValueError, OSError, LockHeld)
         kind = "bad input" if isinstance(exc, bad) else "failed"
         print(f"ase-diffrelax: {kind}: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT if kind == "bad input" else 1

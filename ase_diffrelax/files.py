@@ -136,3 +136,65 @@ def save_figure(fig, path: str | os.PathLike, dpi: int = 120) -> str:
     fig.savefig(path, dpi=dpi)
     plt.close(fig)
     return str(path)
+
+
+class LockHeld(RuntimeError):
+    """Another process holds the lock: a second writer is refused, never interleaved."""
+
+
+class ExclusiveLock:
+    """An advisory lock on ``<target>.writer.lock`` (ASE's database keeps ``<target>.lock`` for its
+    own short transactions) held while one process writes ``target`` (an output
+    file and its sidecar, or a training run folder). The lock dies with its process, so a kill
+    never leaves a stale lock; the small ``.lock`` file stays and is reused. On systems without
+    ``fcntl`` (Windows) the lock file is created exclusively instead and removed on release."""
+
+    def __init__(self, target: str | os.PathLike, what: str = "it", inside: bool = False):
+        self.path = Path(target) / ".lock" if inside else Path(str(target) + ".writer.lock")
+        self.target, self.what = Path(target), what
+        self._fh = None
+
+    def acquire(self) -> "ExclusiveLock":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not POSIX
+            try:
+                self._fh = open(self.path, "x")
+            except FileExistsError:
+                raise LockHeld(f"{self.target}: another process is writing {self.what} (lock file {self.path}; "
+                               "delete it if no such process runs)") from None
+            return self
+        fh = open(self.path, "a+")
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            fh.seek(0)
+            holder = fh.read().strip()
+            fh.close()
+            raise LockHeld(f"{self.target}: another process{f' (pid {holder})' if holder else ''} is writing "
+                           f"{self.what}; wait for it or stop it (lock {self.path})") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"{os.getpid()}\n")
+        fh.flush()
+        self._fh = fh
+        return self
+
+    def release(self) -> None:
+        if self._fh is None:
+            return
+        try:
+            import fcntl  # noqa: F401
+        except ImportError:  # pragma: no cover
+            self._fh.close()
+            self.path.unlink(missing_ok=True)
+        else:
+            self._fh.close()  # closing drops the flock
+        self._fh = None
+
+    def __enter__(self):
+        return self.acquire()
+
+    def __exit__(self, *exc):
+        self.release()

@@ -12,7 +12,7 @@ from ase_diffrelax import DiffusionRelax, InputError, relax_many
 
 from conftest import small_molecules
 
-STATUSES = {"converged", "max_steps", "diverged"}
+STATUSES = {"converged", "bonds_broken", "max_steps", "diverged"}
 MOLECULES = small_molecules()
 
 
@@ -52,7 +52,7 @@ def test_fuzzed_inputs_end_in_clear_errors_or_documented_statuses(tiny_model, ki
             return
         converged = opt.run()
     status = atoms.info["diffusion_status"]
-    assert status in STATUSES and converged == (status == "converged")
+    assert status in STATUSES and converged == (status in ("converged", "bonds_broken"))
     assert np.all(np.isfinite(atoms.positions))
     if status == "diverged":
         np.testing.assert_array_equal(atoms.positions, before)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..chem.topology import topology_change
+from ..chem.topology import describe, topology_change
 from ..core.checkpoint import choose_model, load_model
 from ..core.policy import Policy
 from ..core.sampler import Molecule, Sampler
@@ -14,7 +14,7 @@ from .common import default_batch_size, fixed_mask, write_history
 @dataclass
 class RelaxResult:
     atoms: object  # relaxed ase.Atoms (a copy; the input is untouched); the input copy if not relaxed
-    status: str  # "converged" | "max_steps" | "diverged" | "rejected"
+    status: str  # "converged" | "bonds_broken" | "max_steps" | "diverged" | "rejected"
     steps: int = 0  # model evaluations spent on this molecule
     t_hat: float = float("nan")  # last predicted step
     t_used: int = -1  # last step denoised at
@@ -74,11 +74,15 @@ def relax_many(atoms_list, *, model=None, policy: Policy | str = "jt", batch_siz
             out.set_positions(oc.positions, apply_constraint=False)
             out.info.update(diffusion_t=oc.t_hat, diffusion_t_used=oc.t_used, diffusion_steps=oc.steps,
                             diffusion_status=oc.status, diffusion_model=m.name,
-                            diffusion_level_of_theory=m.level_of_theory)
+                            diffusion_level_of_theory=m.level_of_theory, diffusion_model_verified=m.verified)
             topo = topology_change(atoms.numbers, atoms.positions, out.positions)
-            results[k] = RelaxResult(out, oc.status, oc.steps, oc.t_hat, oc.t_used, topo, oc.reason)
+            status, reason = oc.status, oc.reason
+            if status == "converged" and topo["bonds_broken"]:
+                status, reason = "bonds_broken", describe(topo)
+                out.info["diffusion_status"] = status
+            results[k] = RelaxResult(out, status, oc.steps, oc.t_hat, oc.t_used, topo, reason)
             if trajectory is not None:
                 write_history(str(trajectory).replace("{i}", str(k)), atoms, oc.history)
-    if bar:
+    if bar is not None:
         bar.close()
     return results

@@ -45,10 +45,31 @@ class DiffusionCalculator(Calculator):
 
     def __init__(self, model=None, device=None, **kwargs):
         super().__init__(**kwargs)
-        if self.parameters.mode not in ("displacement", "score"):
-            raise ValueError(f"mode must be 'displacement' or 'score', not {self.parameters.mode!r}")
         self._device = device
         self.model = load_model(model, device=device) if model is not None else None
+        self._check_parameters()
+
+    def set(self, **kwargs):
+        changed = super().set(**kwargs)
+        if changed and hasattr(self, "_device"):
+            self._check_parameters()
+        return changed
+
+    def _check_parameters(self):
+        """Every parameter in its allowed range, or a ValueError naming it (never a silent clamp)."""
+        import math
+
+        p = self.parameters
+        if p.mode not in ("displacement", "score"):
+            raise ValueError(f"mode must be 'displacement' or 'score', not {p.mode!r}")
+        for name in ("stiffness", "temperature"):
+            v = p[name]
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+                raise ValueError(f"{name}={v!r}: must be a finite number > 0")
+        if p.t != "predicted":
+            T = self.model.schedule.T if self.model is not None else 1000
+            if isinstance(p.t, bool) or not isinstance(p.t, int) or not 1 <= p.t <= T:
+                raise ValueError(f"t={p.t!r}: must be 'predicted' or a whole diffusion step from 1 to {T}")
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)
@@ -58,9 +79,11 @@ class DiffusionCalculator(Calculator):
         p = self.parameters
         sched = self.model.schedule
         dev = self.model.device
+        self._check_parameters()
         z = torch.as_tensor(self.atoms.numbers, dtype=torch.long, device=dev)
-        x = torch.as_tensor(self.atoms.positions, dtype=torch.float32, device=dev)
-        x = x - x.mean(0)
+        # centred in float64 first: far from the origin a float32 cast would lose the geometry
+        centred = self.atoms.positions - self.atoms.positions.mean(0)
+        x = torch.as_tensor(centred, dtype=torch.float32, device=dev)
         mol = torch.zeros(len(z), dtype=torch.long, device=dev)
         t = p.t
         if t == "predicted":
@@ -68,7 +91,7 @@ class DiffusionCalculator(Calculator):
             # reference (validation, docs/benchmarks.md)
             choose = (lambda th: th.clamp(min=1))
         else:
-            choose = (lambda th: torch.full_like(th, max(int(t), 1)))
+            choose = (lambda th: torch.full_like(th, int(t)))
         with torch.no_grad():
             out = denoise(self.model.net, sched, z, x, mol, 1, choose)
         step = int(out.t[0])

@@ -39,8 +39,16 @@ def sample_ensemble(atoms, *, t: int | None = None, temperature: float | None = 
     ``trajectory``: an ASE trajectory of the samples for ``ase gui``. ``atoms`` is not modified."""
     if (t is None) == (temperature is None):
         raise ValueError("give exactly one of t (diffusion step) or temperature (K)")
-    if n_samples < 1 or n_chains < 1 or burn_in < 0 or thin < 1:
-        raise ValueError("n_samples, n_chains and thin must be >= 1 and burn_in >= 0")
+    for name, value, low in (("n_samples", n_samples, 1), ("n_chains", n_chains, 1), ("thin", thin, 1),
+                             ("burn_in", burn_in, 0)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+            raise ValueError(f"{name}={value!r}: must be a whole number >= {low}")
+    if temperature is not None:
+        if isinstance(temperature, bool) or not isinstance(temperature, (int, float, np.number)) \
+                or not math.isfinite(float(temperature)) or float(temperature) <= 0:
+            raise ValueError(f"temperature={temperature!r}: must be a finite number of kelvin > 0")
+    if t is not None and (isinstance(t, bool) or not isinstance(t, (int, np.integer))):
+        raise ValueError(f"t={t!r}: must be a whole diffusion step")
     model = load_model(model if model is not None else choose_model([atoms]), device=device)
     check_for_model(atoms, model)
     if t is None:
@@ -53,8 +61,16 @@ def sample_ensemble(atoms, *, t: int | None = None, temperature: float | None = 
                            for c in range(n_chains)])
     per_chain = math.ceil(n_samples / n_chains)
     samples = []
+    from ..core.sampler import DIVERGED
+
     for step in range(burn_in + per_chain * thin):
         sampler.step(batch)
+        bad = (batch.status == DIVERGED).nonzero()
+        if len(bad):  # a diverged chain stops moving: its "samples" would be copies, not an ensemble
+            c = int(bad[0])
+            raise RuntimeError(f"chain {c} diverged at step {step + 1} (t={int(t)}): "
+                               f"{batch.outcome(c).reason or 'the step left the physical range'}; at this t the "
+                               "denoiser no longer keeps the molecule together: use a smaller t or temperature")
         if step < burn_in or (step - burn_in + 1) % thin:
             continue
         x = batch.x_out.double() + batch.origin[batch.mol]

@@ -13,7 +13,7 @@ import warnings
 import numpy as np
 from ase.optimize.optimize import Optimizer
 
-from ..chem.topology import topology_change
+from ..chem.topology import describe, topology_change
 from ..core.checkpoint import choose_model, load_model
 from ..core.policy import Policy
 from ..core.sampler import CONVERGED, RUNNING, Molecule, Sampler
@@ -87,6 +87,8 @@ class DiffusionRelax(Optimizer):
 
     @property
     def status(self) -> str:
+        if self.topology is not None and self.topology["bonds_broken"]:
+            return "bonds_broken"
         return self.batch.outcome(0).status if self.nsteps else "start"
 
     def todict(self):
@@ -105,7 +107,8 @@ class DiffusionRelax(Optimizer):
         self._last_set = self.atoms.get_positions()
         self.atoms.info.update(diffusion_t=float(b.t_hat[0]), diffusion_t_used=int(b.t_used[0]),
                                diffusion_status=b.outcome(0).status, diffusion_model=self.model.name,
-                               diffusion_level_of_theory=self.model.level_of_theory)
+                               diffusion_level_of_theory=self.model.level_of_theory,
+                               diffusion_model_verified=self.model.verified)
         if code != RUNNING:
             if code == CONVERGED:
                 self._check_topology()
@@ -138,7 +141,7 @@ class DiffusionRelax(Optimizer):
             t_cols = f"{float(b.t_hat[0]):8.2f} {int(b.t_used[0]):6d}"
         status = self.status
         if self.topology is not None and self.topology["changed"]:
-            status += f" TOPOLOGY CHANGED (broken {self.topology['broken']}, formed {self.topology['formed']})"
+            status += f" TOPOLOGY CHANGED ({describe(self.topology)})"
         self.logfile.write(f"{name}:  {self.nsteps:4d} {T[3]:02d}:{T[4]:02d}:{T[5]:02d} {t_cols}"
                            f" {moved:9.4f}  {status}\n")
 
@@ -148,8 +151,9 @@ class DiffusionRelax(Optimizer):
         self.atoms.info["diffusion_topology_changed"] = bool(self.topology["changed"])
         if not self.topology["changed"]:
             return
-        msg = (f"diffusion relaxation changed the bond graph: broken {self.topology['broken']}, "
-               f"formed {self.topology['formed']}")
+        if self.topology["bonds_broken"]:
+            self.atoms.info["diffusion_status"] = "bonds_broken"
+        msg = f"diffusion relaxation changed the bond graph: {describe(self.topology)}"
         if self.on_topology_change == "raise":
             self.atoms.set_positions(self.input_positions)
             raise TopologyChangedError(msg + "; input positions restored")

@@ -83,32 +83,82 @@ def mmff_from_smiles_geometry(smiles: str, positions) -> np.ndarray:
     return mmff_minimize(mol)
 
 
-def atoms_from_smiles(smiles: str, seed: int = 0, mmff: bool = True):
-    """ETKDG conformer (+ MMFF94 minimum) of a SMILES as ASE Atoms, hydrogens explicit.
+def strip_counter_ions(smiles: str) -> tuple[str, list[str]]:
+    """(the largest organic fragment of a multi-fragment SMILES, the fragments removed).
 
-    A charged or radical SMILES sets ``info["charge"]`` (total formal charge) and
-    ``info["uhf"]`` (unpaired electrons), which the physics stages use."""
+    Salts and solvates ('[Na+].[O-]C(=O)c1ccccc1', 'CCO.Cl') are relaxed as the parent ion or
+    molecule; a SMILES of nothing but single ions ('[Na+].[Cl-]') has no molecule to relax."""
     Chem = _rdkit()
-    from rdkit.Chem import AllChem
-
     mol = Chem.MolFromSmiles(smiles)
     if mol is None:
         raise ValueError(f"RDKit cannot parse SMILES {smiles!r}")
+    frags = Chem.GetMolFrags(mol, asMols=True)
+    if len(frags) == 1:
+        return smiles, []
+    sizes = [f.GetNumHeavyAtoms() for f in frags]
+    if max(sizes) <= 1:
+        raise ValueError(f"SMILES {smiles!r} is {len(frags)} single atoms or ions: no molecule to relax")
+    keep = max(range(len(frags)), key=lambda k: (sizes[k], frags[k].GetNumAtoms()))
+    if sizes.count(sizes[keep]) > 1:
+        raise ValueError(f"SMILES {smiles!r} has {sizes.count(sizes[keep])} fragments of {sizes[keep]} heavy atoms: "
+                         "which one to relax is not clear; give one molecule")
+    return Chem.MolToSmiles(frags[keep]), [Chem.MolToSmiles(f) for k, f in enumerate(frags) if k != keep]
+
+
+def smiles_heavy_atoms(smiles: str) -> int:
+    """Heavy atoms of a SMILES, without embedding it (for refusing giants before ETKDG)."""
+    Chem = _rdkit()
+    mol = Chem.MolFromSmiles(smiles)
+    if mol is None:
+        raise ValueError(f"RDKit cannot parse SMILES {smiles!r}")
+    return mol.GetNumHeavyAtoms()
+
+
+def atoms_from_smiles(smiles: str, seed: int = 0, mmff: bool = True, *, strip_salts: bool = False,
+                      max_heavy_atoms: int | None = None, embed_timeout_s: float = 60.0):
+    """ETKDG conformer (+ MMFF94 minimum) of a SMILES as ASE Atoms, hydrogens explicit.
+
+    A charged or radical SMILES sets ``info["charge"]`` (total formal charge) and
+    ``info["uhf"]`` (unpaired electrons), which the physics stages use. A SMILES of several
+    fragments is refused unless ``strip_salts=True`` keeps its largest one (the removed ones are
+    listed in ``info["removed_fragments"]``). ``max_heavy_atoms`` refuses larger molecules before
+    embedding; ``embed_timeout_s`` bounds each ETKDG attempt."""
+    Chem = _rdkit()
+    from rdkit.Chem import AllChem
+
+    removed = []
+    if strip_salts:
+        smiles_used, removed = strip_counter_ions(smiles)
+    else:
+        smiles_used = smiles
+    mol = Chem.MolFromSmiles(smiles_used)
+    if mol is None:
+        raise ValueError(f"RDKit cannot parse SMILES {smiles!r}")
+    n_frags = len(Chem.GetMolFrags(mol))
+    if n_frags > 1:
+        raise ValueError(f"SMILES {smiles!r} has {n_frags} fragments (a salt, mixture or solvate?): give one "
+                         "molecule, or strip_salts=True to keep the largest fragment")
+    if max_heavy_atoms is not None and mol.GetNumHeavyAtoms() > max_heavy_atoms:
+        raise ValueError(f"SMILES has {mol.GetNumHeavyAtoms()} heavy atoms, far beyond the {max_heavy_atoms} this "
+                         "run accepts (every checkpoint's training range); not embedded")
     mol = Chem.AddHs(mol)
     params = AllChem.ETKDGv3()
     params.randomSeed = seed
+    params.timeout = max(1, int(round(embed_timeout_s)))
     if AllChem.EmbedMolecule(mol, params) != 0:
         # strained cages (QM9 has many) often embed only from random starting coordinates
         params.useRandomCoords = True
         if AllChem.EmbedMolecule(mol, params) != 0:
-            raise ValueError(f"ETKDG could not embed {smiles!r}")
+            raise ValueError(f"ETKDG could not embed {smiles!r} (within {embed_timeout_s:.0f} s per attempt)")
     if mmff:
         pos = mmff_minimize(mol)
         conf = mol.GetConformer()
         for i, p in enumerate(pos):
             conf.SetAtomPosition(i, p.tolist())
     atoms = mol_to_atoms(mol)
-    atoms.info["smiles"] = smiles
+    atoms.info["smiles"] = smiles_used
+    if removed:
+        atoms.info["removed_fragments"] = ".".join(removed)
     charge = sum(a.GetFormalCharge() for a in mol.GetAtoms())
     radicals = sum(a.GetNumRadicalElectrons() for a in mol.GetAtoms())
     if charge:

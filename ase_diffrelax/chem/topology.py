@@ -14,7 +14,42 @@ def bond_graph(numbers, positions, scale: float = 1.2) -> set[tuple[int, int]]:
     return set(zip(i.tolist(), j.tolist()))
 
 
+LOOSE_SCALE = 2.0  # a distorted (stretched) input still shows which atoms belong together
+
+
+def fragments(n: int, bonds) -> int:
+    """Connected components of the graph on n atoms."""
+    parent = list(range(n))
+
+    def root(i):
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for i, j in bonds:
+        parent[root(i)] = root(j)
+    return len({root(i) for i in range(n)})
+
+
 def topology_change(numbers, before, after, scale: float = 1.2) -> dict:
-    """Bonds broken and formed between two geometries of the same molecule."""
+    """Bonds broken and formed between two geometries of the same molecule, and whether the
+    result falls apart into more pieces than the input held together (judged at LOOSE_SCALE, so a
+    stretched input that should be one molecule counts as one). ``bonds_broken`` is the verdict a
+    relaxation reports as its status."""
     a, b = bond_graph(numbers, before, scale), bond_graph(numbers, after, scale)
-    return {"broken": sorted(a - b), "formed": sorted(b - a), "changed": a != b}
+    n = len(numbers)
+    pieces_before, pieces_after = fragments(n, bond_graph(numbers, before, LOOSE_SCALE)), fragments(n, b)
+    split = pieces_after > pieces_before
+    return {"broken": sorted(a - b), "formed": sorted(b - a), "changed": a != b or split,
+            "fragments_before": pieces_before, "fragments_after": pieces_after, "split": split,
+            "bonds_broken": bool(a - b) or split}
+
+
+def describe(topo: dict) -> str:
+    """One phrase for warnings and logs."""
+    text = f"bonds broken {topo['broken']}, formed {topo['formed']}"
+    if topo.get("split"):
+        text += (f"; the result is {topo['fragments_after']} fragments where the input held "
+                 f"{topo['fragments_before']}")
+    return text

@@ -84,11 +84,57 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+_HASHED: dict = {}
+
+
+def cached_sha256(path: Path) -> str:
+    """sha256 of a file, computed once per (path, size, mtime) per process and remembered on disk in
+    the user cache so that a verified checkpoint costs one hash, not one per load."""
+    path = Path(path).resolve()
+    st = path.stat()
+    key = f"{path}|{st.st_size}|{st.st_mtime_ns}"
+    if key in _HASHED:
+        return _HASHED[key]
+    store = Path(os.environ.get("ASE_DIFFRELAX_CACHE", Path.home() / ".cache" / "ase_diffrelax")) / "sha256.json"
+    known = {}
+    try:
+        known = json.loads(store.read_text())
+    except (OSError, ValueError):
+        pass
+    digest = known.get(key) if isinstance(known, dict) else None
+    if not (isinstance(digest, str) and len(digest) == 64):
+        digest = sha256(path)
+        try:
+            known = known if isinstance(known, dict) else {}
+            known[key] = digest
+            atomic_write_json(store, known)
+        except OSError:
+            pass  # a read-only home: hash again next time
+    _HASHED[key] = digest
+    return digest
+
+
+class IntegrityError(ValueError):
+    """A checkpoint's files do not match the hash they are shipped or saved with."""
+
+
+def _registered_base(name: str, entry: dict) -> Path:
+    """A registry entry's files, which must lie inside the checkpoint folder."""
+    root = checkpoint_dir().resolve()
+    weights = str(entry.get("weights", ""))
+    base = (root / Path(weights).stem).resolve()
+    if Path(weights).name != weights or not weights.endswith(".safetensors") or base.parent != root:
+        raise IntegrityError(f"registry entry {name!r}: weights {weights!r} must be a .safetensors file name "
+                             f"inside {root}")
+    return base
+
+
 class LoadedModel:
     """A denoiser with its schedule and model card, ready for the sampler."""
 
     def __init__(self, net: Denoiser, schedule: NoiseSchedule, card: dict, path: Path | None = None):
         self.net, self.schedule, self.card, self.path = net, schedule, card, path
+        self.verified = "unverified (built in memory)"
         self._compiled: LoadedModel | None = None
 
     def compiled(self) -> "LoadedModel":
@@ -101,6 +147,7 @@ class LoadedModel:
             net = copy.deepcopy(self.net)
             net.compile_blocks()
             self._compiled = LoadedModel(net, self.schedule, self.card, self.path)
+            self._compiled.verified = self.verified
             self._compiled._compiled = self._compiled
         return self._compiled
 
@@ -128,6 +175,7 @@ class LoadedModel:
         import copy
 
         twin = LoadedModel(copy.deepcopy(self.net).to(device), self.schedule, self.card, self.path)
+        twin.verified = self.verified
         return twin.compiled() if self._compiled is self else twin  # a deep copy drops the compilation
 
     def __repr__(self) -> str:
@@ -141,6 +189,7 @@ def save_model(path: str | os.PathLike, net: Denoiser, schedule: NoiseSchedule, 
     base.parent.mkdir(parents=True, exist_ok=True)
     atomic_save_tensors(base.with_suffix(".safetensors"), net.state_dict())
     card = dict(card)
+    card["weights_sha256"] = sha256(base.with_suffix(".safetensors"))
     card["format"] = "ase_diffrelax/1"
     card["config"] = net.config.todict()
     card["schedule"] = schedule.todict()
@@ -152,11 +201,16 @@ def resolve(name_or_path: str | os.PathLike | None) -> Path:
     """Base path (without suffix) of a registered name or a checkpoint path."""
     reg = registry()
     if name_or_path is None:
-        name_or_path = os.environ.get("ASE_DIFFRELAX_MODEL", reg["default"])
+        name_or_path = os.environ.get("ASE_DIFFRELAX_MODEL") or reg["default"]
+        if str(name_or_path) not in reg["models"] and "ASE_DIFFRELAX_MODEL" not in os.environ:
+            raise IntegrityError(f"registry default {name_or_path!r} is not a registered checkpoint name")
     name = str(name_or_path)
+    if not name.strip():
+        known = ", ".join(sorted(reg["models"]))
+        raise FileNotFoundError(f"empty checkpoint name: give a registered name ({known}) or a path")
     if name in reg["models"]:
         entry = reg["models"][name]
-        base = checkpoint_dir() / Path(entry["weights"]).stem
+        base = _registered_base(name, entry)
         if not base.with_suffix(".safetensors").exists():
             raise FileNotFoundError(f"checkpoint {name!r} is registered but {base}.safetensors is missing")
         return base
@@ -183,21 +237,64 @@ def load_model(name_or_path=None, device=None, compile: bool = False) -> LoadedM
     base = resolve(name_or_path)
     dev = pick_device(device)
     weights = base.with_suffix(".safetensors")
-    key = (str(base.resolve()), str(dev), weights.stat().st_mtime_ns)
+    key = (str(base.resolve()), str(dev), weights.stat().st_mtime_ns, base.with_suffix(".json").stat().st_mtime_ns,
+           str(checkpoint_dir()))
     if key in _LOADED:
         return _LOADED[key]
-    card = json.loads(base.with_suffix(".json").read_text())
-    registered = {Path(e["weights"]).stem: e for e in registry()["models"].values()}
-    entry = registered.get(base.name) if base.parent.resolve() == checkpoint_dir().resolve() else None
-    if entry is not None:
-        card.setdefault("level_of_theory", entry.get("level_of_theory"))
-        card.setdefault("charges", entry.get("charges", [0]))
-    net = Denoiser(ModelConfig.fromdict(card["config"]))
+    try:
+        card = json.loads(base.with_suffix(".json").read_text())
+    except ValueError as exc:
+        raise ValueError(f"{base}.json: not a JSON model card ({exc})") from None
+    if not isinstance(card, dict) or not isinstance(card.get("config"), dict):
+        raise ValueError(f"{base}.json: model card without a 'config' section (the network's width, depth and "
+                         "elements): not a checkpoint written by ase_diffrelax.save_model")
+    card, verified = _verify(base, weights, card)
+    try:
+        config = ModelConfig.fromdict(card["config"])
+    except (TypeError, ValueError, KeyError) as exc:
+        raise ValueError(f"{base}.json: bad 'config' section ({type(exc).__name__}: {exc})") from None
+    net = Denoiser(config)
     net.load_state_dict(load_file(str(weights)))
     net.eval()
     if card.get("schedule", net.schedule.todict()) != net.schedule.todict():
         raise ValueError(f"{base}.json: card schedule {card['schedule']} differs from the model config's "
                          f"{net.schedule.todict()}")
     model = LoadedModel(net.to(dev), net.schedule, card, base)
+    model.verified = verified
     _LOADED[key] = model
     return model
+
+
+def _verify(base: Path, weights: Path, card: dict) -> tuple[dict, str]:
+    """Check the weights against the registry's sha256 (shipped checkpoints) or the card's own
+    ``weights_sha256`` (saved ones); for a shipped checkpoint the registry, not its editable card,
+    says which elements, charges and level of theory it is for. Returns (card, how it was verified)."""
+    from ase.data import atomic_numbers
+
+    root = checkpoint_dir().resolve()
+    entry = None
+    if base.parent.resolve() == root:
+        for name, e in registry()["models"].items():
+            if _registered_base(name, e) == base.resolve():
+                entry = e
+    if entry is not None:
+        digest = cached_sha256(weights)
+        if digest != entry.get("sha256"):
+            raise IntegrityError(f"{weights}: sha256 {digest[:12]}... does not match the registry's "
+                                 f"{str(entry.get('sha256'))[:12]}...: the shipped weights are damaged or were "
+                                 "replaced; reinstall ase_diffrelax")
+        elements = sorted(atomic_numbers[e] for e in entry["elements"])
+        if sorted(card["config"].get("elements", [])) != elements:
+            raise IntegrityError(f"{base}.json: its elements {card['config'].get('elements')} differ from the "
+                                 f"registry's {entry['elements']} for these weights: the card was edited")
+        card = {**card, "level_of_theory": entry.get("level_of_theory"), "charges": entry.get("charges", [0])}
+        if "heavy_atoms" in entry:
+            card["max_heavy_atoms"] = int(entry["heavy_atoms"][1])
+        return card, "registry sha256"
+    if card.get("weights_sha256"):
+        digest = cached_sha256(weights)
+        if digest != card["weights_sha256"]:
+            raise IntegrityError(f"{weights}: sha256 {digest[:12]}... does not match its card's weights_sha256 "
+                                 f"{card['weights_sha256'][:12]}...: the weights are damaged or belong to another card")
+        return card, "card sha256 (not a registered checkpoint)"
+    return card, "unverified (loaded by path, no weights_sha256 in its card)"

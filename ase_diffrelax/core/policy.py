@@ -10,6 +10,24 @@ from dataclasses import asdict, dataclass, fields, replace
 
 import torch
 
+MAX_T = 1000  # the schedule length of every checkpoint (NoiseSchedule.T)
+
+
+def _check(policy, name: str, low, high, *, integer: bool = False, low_open: bool = False,
+           high_open: bool = False) -> None:
+    import math
+
+    value = getattr(policy, name)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or \
+            (integer and value != int(value)):
+        raise ValueError(f"policy {policy.name!r}: {name}={value!r} must be a finite {'whole ' if integer else ''}number")
+    too_low = value <= low if low_open else value < low
+    too_high = high is not None and (value >= high if high_open else value > high)
+    if too_low or too_high:
+        lo = f"{'>' if low_open else '>='} {low}"
+        hi = "" if high is None else f" and {'<' if high_open else '<='} {high}"
+        raise ValueError(f"policy {policy.name!r}: {name}={value} out of range: must be {lo}{hi}")
+
 
 @dataclass(frozen=True)
 class Policy:
@@ -32,6 +50,17 @@ class Policy:
     max_steps: int = 1000
     t_scale: float | None = None
     t_scale_cap: int | None = None
+
+    def __post_init__(self):
+        """Every option in its allowed range, checked when the policy is built (not deep in a run)."""
+        _check(self, "eta", 0.0, 1.0)
+        _check(self, "stride", 0.0, 1.0, high_open=True)
+        _check(self, "threshold", -1, MAX_T, integer=True)
+        _check(self, "max_steps", 1, None, integer=True)
+        if self.t_scale is not None:
+            _check(self, "t_scale", 0.0, 100.0, low_open=True)
+        if self.t_scale_cap is not None:
+            _check(self, "t_scale_cap", 0, MAX_T, integer=True)
 
     def current_t(self, t_hat: torch.Tensor, t_sched: torch.Tensor, first: torch.Tensor,
                   t_prev: torch.Tensor) -> torch.Tensor:
@@ -83,6 +112,10 @@ class AdaptivePolicy(Policy):
     # every molecule converges. 0 = off.
     min_decay: float = 0.05
 
+    def __post_init__(self):
+        super().__post_init__()
+        _check(self, "min_decay", 0.0, 1.0, high_open=True)
+
     def current_t(self, t_hat, t_sched, first, t_prev):
         t = t_hat
         if self.schedule_floor:
@@ -114,6 +147,10 @@ class FixedPolicy(Policy):
     name = "fixed"
     t0: int = 30
 
+    def __post_init__(self):
+        super().__post_init__()
+        _check(self, "t0", 1, MAX_T - 1, integer=True)
+
     def current_t(self, t_hat, t_sched, first, t_prev):
         return torch.where(first, torch.full_like(t_hat, self.t0), t_sched)
 
@@ -135,9 +172,15 @@ def _parse_value(cls, key: str, text: str):
         return None
     if "bool" in kind:
         return text.lower() in ("1", "true", "yes")
-    if "int" in kind and "float" not in kind:
-        return int(text)
-    return float(text)
+    try:
+        if "int" in kind and "float" not in kind:
+            number = float(text)
+            if number != int(number):
+                raise ValueError
+            return int(number)
+        return float(text)
+    except (ValueError, OverflowError):
+        raise ValueError(f"policy {cls.name!r}: {key}={text!r} is not a {'whole ' if 'int' in kind else ''}number") from None
 
 
 def make_policy(policy: Policy | str = "jt", **options) -> Policy:
@@ -194,6 +237,10 @@ class FixedStepChain(Policy):
     stride: float = 0.0
     threshold: int = -1
     max_steps: int = 2**62
+
+    def __post_init__(self):
+        super().__post_init__()
+        _check(self, "t", 1, MAX_T, integer=True)
 
     def current_t(self, t_hat, t_sched, first, t_prev):
         return torch.full_like(t_hat, self.t)

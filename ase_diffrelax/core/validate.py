@@ -17,23 +17,37 @@ class InputError(ASEInputError, ValueError):
     """A structure the denoiser cannot relax; the message says why."""
 
 
-def total_charge(atoms) -> int:
+def _integer_info(atoms, key: str, label: str) -> int:
+    value = atoms.info[key]
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = float("nan")
+    if not np.isfinite(number) or number != round(number) or isinstance(value, bool):
+        raise InputError(f"{label}: info[{key!r}] = {value!r} is not a whole number")
+    return int(round(number))
+
+
+def total_charge(atoms, label: str = "input") -> int:
     """The charge a user gave: ``atoms.info["charge"]``, else the sum of initial charges."""
     if "charge" in atoms.info:
-        return int(round(float(atoms.info["charge"])))
+        return _integer_info(atoms, "charge", label)
     return int(round(float(atoms.get_initial_charges().sum())))
 
 
-def unpaired_electrons(atoms) -> int:
+def unpaired_electrons(atoms, label: str = "input") -> int:
     """``atoms.info["spin"]`` / ``"uhf"`` (unpaired electrons) or initial magnetic moments, else
     the parity of the electron count (an odd count has at least one unpaired electron)."""
     for key in ("uhf", "spin"):
         if key in atoms.info:
-            return int(atoms.info[key])
+            uhf = _integer_info(atoms, key, label)
+            if uhf < 0:
+                raise InputError(f"{label}: info[{key!r}] = {uhf} unpaired electrons; must be >= 0")
+            return uhf
     moments = atoms.get_initial_magnetic_moments()
     if np.any(moments):
         return int(round(abs(float(moments.sum()))))
-    return int((int(atoms.numbers.sum()) - total_charge(atoms)) % 2)
+    return int((int(atoms.numbers.sum()) - total_charge(atoms, label)) % 2)
 
 
 def check_atoms(atoms, elements, max_atoms: int | None = None, label: str = "input", card: dict | None = None) -> None:
@@ -76,8 +90,8 @@ def check_atoms(atoms, elements, max_atoms: int | None = None, label: str = "inp
             f"{label}: atom {k} ({chemical_symbols[atoms.numbers[k]]}) has no neighbour within bonding distance "
             f"(nearest {d[k].min():.2f} A); free atoms and exploded structures cannot be denoised"
         )
-    charge = total_charge(atoms)
-    uhf = unpaired_electrons(atoms)
+    charge = total_charge(atoms, label)
+    uhf = unpaired_electrons(atoms, label)
     charges_ok = card.get("charges", [0])
     if charge not in charges_ok or uhf != 0:
         what = f"charge {charge:+d}" if charge not in charges_ok else f"{uhf} unpaired electron(s)"
@@ -85,10 +99,12 @@ def check_atoms(atoms, elements, max_atoms: int | None = None, label: str = "inp
             f"{label}: {what}; this checkpoint ({card.get('name', 'unnamed')}) was trained on neutral closed-shell "
             "molecules only and would relax it as one; use a physics calculator (xTB/DFT) for ions and radicals"
         )
-    if max_atoms and n > 1.5 * max_atoms:
+    heavy, max_heavy = int((atoms.numbers > 1).sum()), card.get("max_heavy_atoms")
+    if (max_atoms and n > 1.5 * max_atoms) or (max_heavy and heavy > 1.5 * max_heavy):
         warnings.warn(
-            f"{label}: {n} atoms, far more than the largest training molecule ({max_atoms}); "
-            "the denoiser has not seen molecules this size and may distort it",
+            f"{label}: {n} atoms ({heavy} heavy), far more than the largest training molecule ({max_atoms} atoms"
+            + (f", {max_heavy} heavy" if max_heavy else "") + "); the denoiser has not seen molecules this size "
+            "and may distort it",
             stacklevel=3,
         )
 

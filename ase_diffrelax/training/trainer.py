@@ -529,7 +529,7 @@ class Trainer:
             loss = self.optimizer_step(ddp)
             self.wall += time.time() - t0
             running = loss if running is None else 0.98 * running + 0.02 * loss
-            if bar:
+            if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{running:.4f}", lr=f"{self.opt.param_groups[0]['lr']:.1e}", refresh=False)
             if self.step % self.cfg.val_every == 0 or self.step == target:
@@ -554,7 +554,7 @@ class Trainer:
                 if self.rank == 0:
                     with open(self.out / "log.jsonl", "a") as fh:
                         fh.write(line + "\n")
-                if bar:
+                if bar is not None:
                     bar.write(line)
                 self.save_state()
                 last_save = time.time()
@@ -565,7 +565,7 @@ class Trainer:
         self.save_state()
         if self.rank == 0:
             save_model(self.out / "last", self.ema, self.schedule, self.card())
-        if bar:
+        if bar is not None:
             bar.close()
         return self.history
 
@@ -638,6 +638,21 @@ def _subset_atoms(ms: MoleculeSet, per_atom: np.ndarray, sel: np.ndarray) -> np.
 
 
 def run_training(cfg: TrainConfig, resume: bool = True, progress: bool = True, stop_after_s=None) -> Trainer:
+    """Train into ``cfg.out``; the run folder is locked (one rank-0 process per folder), so a second
+    ``train`` or ``--resume`` on a running folder is refused instead of overwriting its state."""
+    from ..files import ExclusiveLock
+
+    lock = ExclusiveLock(cfg.out, "this training run", inside=True) if int(os.environ.get("RANK", "0")) == 0 else None
+    if lock is not None:
+        lock.acquire()
+    try:
+        return _run_training(cfg, resume, progress, stop_after_s)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _run_training(cfg: TrainConfig, resume: bool, progress: bool, stop_after_s) -> Trainer:
     trainer = Trainer(cfg, progress=progress)
     st, js = trainer.state_paths()
     if resume and trainer.resume():

@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..files import append_jsonl, read_jsonl
+from ..files import ExclusiveLock, append_jsonl, read_jsonl
 
 STAGES = ("read", "conformer", "diffusion", "write")
 
@@ -51,9 +51,16 @@ def parse_shard(text: str | None) -> tuple[int, int]:
     return i, n
 
 
-def iter_entries(path: str, shard: tuple[int, int] = (0, 1)):
-    """Entries of this shard, lazily, in input order."""
+class InputReadError(RuntimeError):
+    """A frame of the input could not be read; the frames after it were not read either."""
+
+
+def iter_entries(path: str, shard: tuple[int, int] = (0, 1), seen: dict | None = None):
+    """Entries of this shard, lazily, in input order; ``seen["n_entries"]`` counts every entry
+    of the input (all shards) read so far, so that a finished run knows the input's size."""
     i, n = shard
+    seen = seen if seen is not None else {}
+    seen["n_entries"] = 0
     p = str(path)
     low = p.lower()
     if low.endswith((".smi", ".smiles", ".txt")):
@@ -64,6 +71,7 @@ def iter_entries(path: str, shard: tuple[int, int] = (0, 1)):
                 if not parts or parts[0].startswith("#") or parts[0].lower() == "smiles":
                     continue
                 k += 1
+                seen["n_entries"] = k + 1
                 if k % n == i:
                     yield Entry(k, None, name=" ".join(parts[1:]), smiles=parts[0])
         return
@@ -71,20 +79,70 @@ def iter_entries(path: str, shard: tuple[int, int] = (0, 1)):
         from ase.db import connect
 
         for k, row in enumerate(connect(p).select()):
+            seen["n_entries"] = k + 1
             if k % n == i:
                 yield Entry(k, row.toatoms(), name=str(row.get("name", "")))
+        return
+    if low.endswith((".xyz", ".extxyz")):
+        for k, atoms, error in iter_xyz_frames(p):
+            seen["n_entries"] = k + 1
+            if k % n == i:
+                yield Entry(k, atoms, name=str(atoms.info.get("name", "")) if atoms is not None else "", error=error)
         return
     from ase.io import iread
 
     k = -1
     try:
         for k, atoms in enumerate(iread(p, index=":")):
+            seen["n_entries"] = k + 1
             if k % n == i:
                 yield Entry(k, atoms, name=str(atoms.info.get("name", "")))
-    except Exception as exc:  # a malformed frame ends what ASE can read of the file; say where
+    except Exception as exc:  # a malformed frame ends what ASE can read of the file: its row says so, then stop
         k += 1
+        seen["n_entries"] = k + 1
+        seen["read_error"] = (f"{p}: frame {k} unreadable ({type(exc).__name__}: {exc}); the frames after it "
+                              "were not read and have no output row: fix the file (or split it there) and rerun")
         if k % n == i:
-            yield Entry(k, None, error=f"{p}: frame {k} unreadable ({type(exc).__name__}: {exc}); reading stopped")
+            yield Entry(k, None, error=f"frame {k} unreadable ({type(exc).__name__}: {exc})")
+
+
+def iter_xyz_frames(path: str):
+    """(index, Atoms or None, error) per frame of an (ext)xyz file, read frame by frame: a frame
+    with a broken header or atom line becomes one error entry and reading resumes at the next line
+    that is an atom count, so every other frame is still read (ASE's iread stops at the first)."""
+    import io
+
+    from ase.io import read
+
+    def count(line):
+        text = line.strip()
+        return int(text) if text.isdigit() else None
+
+    with open(path) as fh:
+        lines = fh.readlines()
+    pos, k = 0, 0
+    while pos < len(lines):
+        if not lines[pos].strip():
+            pos += 1
+            continue
+        n = count(lines[pos])
+        if n is None:  # not a header: this frame's block runs to the next atom-count line
+            end = pos + 1
+            while end < len(lines) and count(lines[end]) is None:
+                end += 1
+            yield k, None, f"frame {k} (line {pos + 1}): expected an atom count, got {lines[pos].strip()[:40]!r}"
+            pos, k = end, k + 1
+            continue
+        block = lines[pos: pos + n + 2]
+        if len(block) < n + 2:
+            yield k, None, f"frame {k} (line {pos + 1}): file ends after {len(block) - 2} of {n} atom lines"
+            return
+        try:
+            atoms = read(io.StringIO("".join(block)), format="extxyz")
+            yield k, atoms, ""
+        except Exception as exc:  # ASE raises many types for malformed frames
+            yield k, None, f"frame {k} (line {pos + 1}): unreadable ({type(exc).__name__}: {exc})"
+        pos, k = pos + n + 2, k + 1
 
 
 class _Output:
@@ -139,12 +197,126 @@ class _Output:
             os.fsync(fh.fileno())
         append_jsonl(self.progress, [{"bytes": os.path.getsize(self.path), "indices": [kv["input_index"] for _, kv in rows]}])
 
+    def finish(self, header: dict) -> None:
+        """Record what a complete shard holds, so that ``merge`` can tell a missing entry from the
+        end of the input."""
+        if self.db:
+            from ase.db import connect
+
+            db = connect(self.path)
+            db.metadata = {**db.metadata, "ase_diffrelax_shard": header}
+        else:
+            append_jsonl(self.progress, [{"bytes": os.path.getsize(self.path) if Path(self.path).exists() else 0,
+                                          "indices": [], "shard_header": header}])
+
+
+def count_shard_entries(path: str, shard: tuple[int, int] = (0, 1)) -> int | None:
+    """Entries of this shard without relaxing anything (None when the format cannot be counted
+    cheaply): a SMILES file is one read of its lines, an extxyz one read of its headers."""
+    p, low = str(path), str(path).lower()
+    i, n = shard
+    if low.endswith((".smi", ".smiles", ".txt")):
+        total = 0
+        with open(p) as fh:
+            for line in fh:
+                parts = line.split()
+                if parts and not parts[0].startswith("#") and parts[0].lower() != "smiles":
+                    total += 1
+    elif low.endswith(".db"):
+        from ase.db import connect
+
+        total = connect(p).count()
+    elif low.endswith((".xyz", ".extxyz")):
+        total = sum(1 for _ in iter_xyz_frames(p))
+    else:
+        return None
+    return len(range(i, total, n))
+
+
+def compile_choice(n_entries: int | None, forced: bool | None) -> tuple[bool, str]:
+    """(compile?, why): forced by the user, else compile when the shard holds at least the measured
+    break-even number of entries (compile_policy.json) and a C++ compiler is there for torch.compile."""
+    import json
+    import shutil
+
+    if forced is not None:
+        return forced, "--compile" if forced else "--no-compile"
+    policy_file = Path(__file__).with_name("compile_policy.json")
+    if not policy_file.exists():
+        return False, "eager (no measured compile break-even)"
+    need = int(json.loads(policy_file.read_text())["min_entries"])
+    if n_entries is None:
+        return False, "eager (entry count unknown for this format; --compile to force)"
+    if n_entries < need:
+        return False, f"eager ({n_entries} entries < {need}, where compiling pays off)"
+    if not any(shutil.which(c) for c in ("c++", "g++", "clang++")):
+        return False, "eager (no C++ compiler for torch.compile)"
+    return True, f"compiled ({n_entries} entries >= {need}, where compiling pays off)"
+
+
+def check_output_path(path: str, *, streaming: bool, overwrite: bool = False, inputs=()) -> None:
+    """Refuse, before any work, an output that cannot be written or would destroy something."""
+    out = Path(path)
+    parent = out.parent if str(out.parent) else Path(".")
+    if not parent.is_dir():
+        raise FileNotFoundError(f"{path}: folder {parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise PermissionError(f"{path}: folder {parent} is not writable")
+    for src in inputs:
+        if Path(src).exists() and out.exists() and os.path.samefile(src, out) and (streaming or not overwrite):
+            raise FileExistsError(f"{path} is the input file: write the results elsewhere (the input is never "
+                                  "overwritten)")
+    if streaming:
+        if out.suffix.lower() not in (".db", ".extxyz", ".xyz"):
+            raise ValueError(f"{path}: streaming writes .db or .extxyz (.xyz) files, not {out.suffix or 'no extension'!r}")
+        return
+    from ase.io.formats import filetype, ioformats
+
+    try:
+        fmt = filetype(path, read=False)
+    except Exception as exc:  # ASE raises several types for unknown names
+        raise ValueError(f"{path}: unknown output format ({exc}); use e.g. .extxyz, .xyz, .traj, .db") from None
+    if fmt not in ioformats or not ioformats[fmt].can_write:
+        raise ValueError(f"{path}: ASE cannot write format {fmt!r}; use e.g. .extxyz, .xyz, .traj")
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{path} exists: pass --overwrite to replace it, or choose another output")
+
 
 def relax_collection(input_path: str, output_path: str, *, shard: tuple[int, int] = (0, 1), resume: bool = False,
                      model=None, policy="jt", seed: int = 0, conformer_seed: int = 0, chunk_size: int = 512,
                      batch_size: int | None = None, device=None, progress: bool = True,
-                     compile: bool = False) -> CollectionStats:
-    """Relax every entry of this shard of ``input_path`` into ``output_path`` (see module doc)."""
+                     compile: bool = False, embed_timeout_s: float = 60.0) -> CollectionStats:
+    """Relax every entry of this shard of ``input_path`` into ``output_path`` (see module doc).
+
+    One writer per output: a second process on the same output is refused (``LockHeld``). An
+    input frame that cannot be read gets a 'rejected' row, and the run then fails with
+    ``InputReadError`` naming it, since the frames after it were never read."""
+    check_output_path(output_path, streaming=True, inputs=[input_path])
+    if batch_size is not None and int(batch_size) < 1:
+        raise ValueError(f"batch size {batch_size}: must be >= 1")
+    if int(chunk_size) < 1:
+        raise ValueError(f"chunk size {chunk_size}: must be >= 1")
+    with ExclusiveLock(output_path, "this output"):
+        return _relax_collection(input_path, output_path, shard=shard, resume=resume, model=model, policy=policy,
+                                 seed=seed, conformer_seed=conformer_seed, chunk_size=chunk_size,
+                                 batch_size=batch_size, device=device, progress=progress, compile=compile,
+                                 embed_timeout_s=embed_timeout_s)
+
+
+def max_heavy_atoms_accepted(model=None, factor: float = 2.0) -> int:
+    """Entries beyond ``factor`` x the largest training molecule (heavy atoms) of the checkpoint in
+    use (or of every shipped one) are refused before ETKDG: embedding a giant can take minutes."""
+    from ..core.checkpoint import load_model, registry
+
+    if model is not None:
+        heavy = load_model(model).card.get("max_heavy_atoms")
+        if heavy:
+            return int(factor * heavy)
+    return int(factor * max(e.get("heavy_atoms", [0, 0])[1] for e in registry()["models"].values()))
+
+
+def _relax_collection(input_path, output_path, *, shard, resume, model, policy, seed, conformer_seed, chunk_size,
+                      batch_size, device, progress, compile, embed_timeout_s) -> CollectionStats:
     from ase import Atoms
 
     from ..adapters.batch import relax_many
@@ -152,12 +324,14 @@ def relax_collection(input_path: str, output_path: str, *, shard: tuple[int, int
 
     out = _Output(output_path, resume)
     stats = CollectionStats()
+    max_heavy = max_heavy_atoms_accepted(model)
+    seen: dict = {}
     bar = None
     if progress:
         from tqdm import tqdm
 
         bar = tqdm(desc=f"relax shard {shard[0]}/{shard[1]}", unit="mol", mininterval=2, smoothing=0.05)
-    entries = iter_entries(input_path, shard)
+    entries = iter_entries(input_path, shard, seen)
     while True:
         t0 = time.perf_counter()
         chunk = []
@@ -175,7 +349,8 @@ def relax_collection(input_path: str, output_path: str, *, shard: tuple[int, int
         for e in chunk:
             if e.atoms is None and e.smiles and not e.error:
                 try:
-                    e.atoms = atoms_from_smiles(e.smiles, seed=conformer_seed)
+                    e.atoms = atoms_from_smiles(e.smiles, seed=conformer_seed, max_heavy_atoms=max_heavy,
+                                                embed_timeout_s=embed_timeout_s)
                 except Exception as exc:  # RDKit's many failure types: record, never stop the run
                     e.error = f"SMILES {e.smiles!r}: {exc}"
         stats.seconds["conformer"] += time.perf_counter() - t0
@@ -204,19 +379,48 @@ def relax_collection(input_path: str, output_path: str, *, shard: tuple[int, int
         out.write(rows)
         stats.seconds["write"] += time.perf_counter() - t0
         stats.entries += len(chunk)
-        if bar:
+        if bar is not None:
             bar.update(len(chunk))
-    if bar:
+    if bar is not None:
         bar.close()
+    if seen.get("read_error"):
+        raise InputReadError(seen["read_error"])
+    out.finish({"input": str(input_path), "n_input_entries": int(seen.get("n_entries", 0)), "shard": list(shard)})
     return stats
 
 
-def merge_outputs(inputs: list[str], output: str) -> dict:
-    """Join shard outputs into one, ordered by input index; refuses duplicates and reports gaps."""
+def _shard_header(path: str) -> dict | None:
+    if path.lower().endswith(".db"):
+        from ase.db import connect
+
+        return connect(path).metadata.get("ase_diffrelax_shard")
+    headers = [r["shard_header"] for r in read_jsonl(path + ".progress.jsonl") if "shard_header" in r]
+    return headers[-1] if headers else None
+
+
+def count_input_entries(path: str) -> int:
+    return sum(1 for _ in iter_entries(path))
+
+
+def merge_outputs(inputs: list[str], output: str, expected: int | None = None) -> dict:
+    """Join shard outputs into one, ordered by input index; refuses missing inputs, duplicates
+    and an existing output, and reports gaps up to the input's size (``expected``, else the
+    shards' headers written when each finished; without either, up to the highest index seen)."""
     from ase.io import iread, write
 
-    rows = []
+    missing_files = [p for p in inputs if not Path(p).is_file()]
+    if missing_files:
+        raise FileNotFoundError(f"merge: no such file(s): {', '.join(missing_files)}")
+    if Path(output).exists():
+        raise FileExistsError(f"{output} exists")
+    check_output_path(output, streaming=True, inputs=inputs)
+    rows, sizes, unfinished = [], set(), []
     for p in inputs:
+        header = _shard_header(p)
+        if header is None:
+            unfinished.append(p)
+        else:
+            sizes.add(int(header["n_input_entries"]))
         if p.lower().endswith(".db"):
             from ase.db import connect
 
@@ -226,6 +430,9 @@ def merge_outputs(inputs: list[str], output: str) -> dict:
                 rows.append(a)
         else:
             rows.extend(iread(p, index=":"))
+    if expected is None and len(sizes) > 1:
+        raise ValueError(f"merge: the shards come from inputs of different sizes {sorted(sizes)}: not one collection")
+    n_expected = expected if expected is not None else (sizes.pop() if sizes else None)
     seen = {}
     for a in rows:
         k = int(a.info["input_index"])
@@ -233,17 +440,18 @@ def merge_outputs(inputs: list[str], output: str) -> dict:
             raise ValueError(f"input_index {k} appears twice (in the shards given): the shards overlap")
         seen[k] = a
     order = sorted(seen)
-    missing = sorted(set(range(order[-1] + 1)) - set(order)) if order else []
-    if Path(output).exists():
-        raise FileExistsError(f"{output} exists")
-    if output.lower().endswith(".db"):
-        from ase.db import connect
+    upto = n_expected if n_expected is not None else (order[-1] + 1 if order else 0)
+    missing = sorted(set(range(upto)) - set(order))
+    with ExclusiveLock(output, "this output"):
+        if output.lower().endswith(".db"):
+            from ase.db import connect
 
-        with connect(output) as db:
-            for k in order:
-                a = seen[k]
-                kv = {key: v for key, v in a.info.items() if isinstance(v, (int, float, str, bool))}
-                db.write(a, key_value_pairs=kv)
-    else:
-        write(output, [seen[k] for k in order], format="extxyz")
-    return {"rows": len(order), "missing_indices": missing[:50], "n_missing": len(missing)}
+            with connect(output) as db:
+                for k in order:
+                    a = seen[k]
+                    kv = {key: v for key, v in a.info.items() if isinstance(v, (int, float, str, bool))}
+                    db.write(a, key_value_pairs=kv)
+        else:
+            write(output, [seen[k] for k in order], format="extxyz")
+    return {"rows": len(order), "missing_indices": missing[:50], "n_missing": len(missing),
+            "n_expected": n_expected, "unfinished_shards": unfinished}

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 from ase import Atoms
 
-from ..chem.topology import topology_change
+from ..chem.topology import describe, topology_change
 from ..core.policy import Policy
 
 PHYSICS = ("xtb", "dft")
@@ -41,6 +41,8 @@ class StageReport:
     skipped: str = ""  # why the stage did not run
     topology: dict = field(default_factory=dict)
     trajectory: str | None = None
+    optimizer: str | None = None  # physics stages: the hand-off optimizer
+    hessian: dict | None = None  # physics stages: initial-Hessian work, apart from force_calls
     extra: dict = field(default_factory=dict)
 
 
@@ -62,8 +64,14 @@ class PipelineResult:
 
         for s in self.stages:
             note = f"skipped: {s.skipped}" if s.skipped else ""
+            if s.extra.get("removed_fragments"):
+                note += f" removed counter-ions/solvent {s.extra['removed_fragments']}"
             if s.topology.get("changed"):
-                note += f" bonds broken {s.topology['broken']} formed {s.topology['formed']}"
+                note += f" {describe(s.topology)}"
+            if s.optimizer:
+                note += f" {s.optimizer}"
+            if s.hessian:
+                note += f" +H0 {s.hessian['method']}: {s.hessian['calls']} calls {s.hessian['wall_s']:.2f} s"
             if s.converged is False:
                 note += " NOT CONVERGED"
             lines.append(f"{s.stage:<10} {fmt(s.steps, '5d')} {fmt(s.force_calls, '5d')} "
@@ -100,19 +108,39 @@ def make_physics_calculator(kind: str, charge: int = 0, uhf: int = 0, **params):
     raise ValueError(f"unknown physics stage {kind!r}; choose 'xtb' or 'dft'")
 
 
-def mmff_stage(atoms_or_smiles, conformer_seed: int = 0) -> tuple[Atoms, StageReport]:
+def mmff_stage(atoms_or_smiles, conformer_seed: int = 0, strip_salts: bool = True) -> tuple[Atoms, StageReport]:
+    """ETKDG + MMFF94 for a SMILES (a salt's counter-ions stripped unless ``strip_salts=False``,
+    which refuses a multi-fragment SMILES), or the MMFF94 minimum from an Atoms' geometry."""
     from ..chem.rdkit_interop import atoms_from_smiles, mmff_from_reference
 
     t0 = time.perf_counter()
+    extra = {}
     if isinstance(atoms_or_smiles, str):
-        atoms = atoms_from_smiles(atoms_or_smiles, seed=conformer_seed)
+        atoms = atoms_from_smiles(atoms_or_smiles, seed=conformer_seed, strip_salts=strip_salts)
+        if atoms.info.get("removed_fragments"):
+            import warnings
+
+            extra["removed_fragments"] = atoms.info["removed_fragments"]
+            extra["smiles_relaxed"] = atoms.info["smiles"]
+            warnings.warn(f"{atoms_or_smiles!r}: removed {atoms.info['removed_fragments']}; relaxing "
+                          f"{atoms.info['smiles']} (strip_salts=False refuses multi-fragment SMILES)", stacklevel=3)
         before = None
     else:
         atoms = atoms_or_smiles.copy()
         before = atoms.positions.copy()
         atoms.positions = mmff_from_reference(atoms.numbers, atoms.positions, charge=int(atoms.info.get("charge", 0)))
     topo = topology_change(atoms.numbers, before, atoms.positions) if before is not None else {}
-    return atoms, StageReport("mmff", time.perf_counter() - t0, topology=topo)
+    _moved_by(atoms, "mmff")
+    return atoms, StageReport("mmff", time.perf_counter() - t0, topology=topo, extra=extra)
+
+
+def _moved_by(atoms, stage: str, **info) -> None:
+    """Metadata follows the last stage that moved the atoms: a later diffusion or MMFF stage
+    drops the physics stage's energy, forces and fmax, which no longer describe the geometry."""
+    for key in ("relaxed_by", "relaxed_fmax", "relaxed_optimizer"):
+        atoms.info.pop(key, None)
+    atoms.calc = None
+    atoms.info.update(relaxed_by=stage, **info)
 
 
 def diffusion_stage(atoms, *, model=None, policy: Policy | str = "jt", seed: int | None = 0, trajectory=None,
@@ -136,6 +164,8 @@ def diffusion_stage(atoms, *, model=None, policy: Policy | str = "jt", seed: int
             raise
         return atoms, StageReport("diffusion", time.perf_counter() - t0, skipped=str(exc))
     converged = opt.run()
+    if not np.array_equal(atoms.positions, before):
+        _moved_by(atoms, "diffusion")
     report = StageReport("diffusion", time.perf_counter() - t0, steps=opt.nsteps, force_calls=opt.nsteps,
                          converged=bool(converged), topology=topology_change(atoms.numbers, before, atoms.positions),
                          trajectory=trajectory, extra={"t_hat": float(atoms.info.get("diffusion_t", np.nan)),
@@ -146,58 +176,116 @@ def diffusion_stage(atoms, *, model=None, policy: Policy | str = "jt", seed: int
 
 
 def physics_stage(atoms, kind: str, *, fmax: float = 0.03, max_steps: int = 500, trajectory=None, calc=None,
-                  charge: int | None = None, uhf: int | None = None, logfile=None, **calc_params):
+                  charge: int | None = None, uhf: int | None = None, logfile=None, optimizer: str = "bfgs",
+                  hessian="identity", **calc_params):
+    """Relax ``atoms`` (a copy) at level ``kind`` with ``optimizer`` from an initial ``hessian``
+    (see :mod:`.handoff`); ``force_calls`` counts target-level gradients only, the Hessian's own
+    work is in ``report.hessian``."""
     from ase.calculators.singlepoint import SinglePointCalculator
-    from ase.optimize import BFGS
 
+    from .handoff import check_handoff, initial_hessian, run_handoff
     from .physics import CountingCalculator
 
+    optimizer, hessian = resolve_handoff(kind, optimizer, hessian)
+    check_handoff(optimizer, hessian)
     t0 = time.perf_counter()
     atoms = atoms.copy()
     before = atoms.positions.copy()
     q, u = electronic_state(atoms, charge, uhf)
+    h0, h_work = initial_hessian(atoms, hessian, charge=q, uhf=u)
     counter = CountingCalculator(calc if calc is not None else make_physics_calculator(kind, q, u, **calc_params))
     atoms.calc = counter
     e0 = atoms.get_potential_energy()
-    opt = BFGS(atoms, logfile=logfile, trajectory=trajectory)
-    converged = opt.run(fmax=fmax, steps=max_steps)
+    converged, nsteps = run_handoff(atoms, optimizer, h0=h0, fmax=fmax, max_steps=max_steps, trajectory=trajectory,
+                                    logfile=logfile)
     f = atoms.get_forces()
     e = float(atoms.get_potential_energy())
-    report = StageReport(kind, time.perf_counter() - t0, steps=opt.nsteps, force_calls=counter.calls,
+    report = StageReport(kind, time.perf_counter() - t0, steps=nsteps, force_calls=counter.calls,
                          converged=bool(converged), energy_start_eV=float(e0), energy_end_eV=e,
                          fmax_end=float(np.sqrt((f**2).sum(1)).max()), charge=q, multiplicity=u + 1,
-                         topology=topology_change(atoms.numbers, before, atoms.positions), trajectory=trajectory)
+                         topology=topology_change(atoms.numbers, before, atoms.positions), trajectory=trajectory,
+                         optimizer=optimizer, hessian=h_work.todict() if h_work else None)
     atoms.calc = SinglePointCalculator(atoms, energy=e, forces=f)
     for key in [k for k in atoms.info if k.startswith("diffusion_")]:
         del atoms.info[key]  # they describe the input of this stage, not its result
-    atoms.info.update(charge=q, multiplicity=u + 1, relaxed_by=kind, relaxed_fmax=report.fmax_end)
+    atoms.info.update(charge=q, multiplicity=u + 1, relaxed_by=kind, relaxed_fmax=report.fmax_end,
+                      relaxed_optimizer=optimizer)
     return atoms, report
+
+
+def resolve_handoff(kind: str, optimizer: str = "auto", hessian="auto") -> tuple[str, object]:
+    """``"auto"`` -> the measured fastest hand-off for this level (``handoff_defaults.json``)."""
+    if optimizer != "auto" and not (isinstance(hessian, str) and hessian == "auto"):
+        return optimizer, hessian
+    table = handoff_defaults()
+    choice = table["levels"].get(kind, table["levels"]["default"])
+    if optimizer == "auto":
+        optimizer = choice["optimizer"]
+    if isinstance(hessian, str) and hessian == "auto":
+        from .handoff import HESSIAN_OPTIMIZERS
+
+        hessian = choice["hessian"] if optimizer in HESSIAN_OPTIMIZERS else "identity"
+    return optimizer, hessian
+
+
+def handoff_defaults() -> dict:
+    import json
+    from pathlib import Path
+
+    return json.loads((Path(__file__).with_name("handoff_defaults.json")).read_text())
 
 
 def run_pipeline(start, *, stages=("mmff", "diffusion", "xtb"), fmax: float = 0.03, physics_max_steps: int = 500,
                  model=None, policy: Policy | str = "jt", seed: int | None = 0, conformer_seed: int = 0,
                  charge: int | None = None, uhf: int | None = None, strict: bool = False,
                  traj_prefix: str | None = None, physics_params: dict | None = None,
-                 physics_log=None) -> PipelineResult:
+                 physics_log=None, optimizer: str = "auto", hessian="auto", strip_salts: bool = True,
+                 diffusion_max_steps: int | None = None) -> PipelineResult:
     """Run the chosen stages in order on a SMILES or an Atoms (which is not modified).
 
     ``seed``: diffusion noise; ``conformer_seed``: ETKDG. ``physics_max_steps``: BFGS steps.
-    ``physics_log``: a file or "-" for ASE's per-step BFGS log (DFT steps take minutes).
+    ``physics_log``: a file or "-" for the optimizer's per-step log (DFT steps take minutes).
+    ``optimizer``/``hessian``: the physics hand-off (``"bfgs"``, ``"lbfgs"``, ``"fire"``, ``"sella"``,
+    ``"geometric"``; ``"identity"``, ``"xtb"`` or f(atoms) -> 3N x 3N eV/A^2); ``"auto"`` takes the
+    measured fastest route for the level (``handoff_defaults.json``, docs/benchmarks.md).
+    ``strip_salts``: a multi-fragment SMILES keeps its largest fragment (recorded in the MMFF stage's
+    report and warned about); False refuses it. ``diffusion_max_steps`` caps model evaluations
+    (default: the policy's, 100 for jt); ``physics_max_steps`` never reaches the diffusion stage.
     The returned atoms carry the last stage's energy and forces (a SinglePointCalculator)
     and ``info["relaxed_by"]``.
     """
     stages = list(stages)
+    if not stages:
+        raise ValueError(f"no stages given; choose from {list(STAGES)}, e.g. ('mmff', 'diffusion', 'xtb')")
     unknown = [s for s in stages if s not in STAGES]
     if unknown:
         raise ValueError(f"unknown stage(s) {unknown}; choose from {list(STAGES)}")
     if isinstance(start, str) and stages[0] != "mmff":
         raise ValueError("a SMILES start needs 'mmff' as the first stage (it builds the 3D structure)")
+    for s in stages:
+        if s in PHYSICS:
+            from .handoff import check_handoff
+
+            check_handoff(*resolve_handoff(s, optimizer, hessian))  # fail before any work
+    if diffusion_max_steps is not None:
+        from ..core.policy import make_policy
+
+        policy = make_policy(policy, max_steps=int(diffusion_max_steps))
     atoms = start if isinstance(start, str) else start.copy()
     reports = []
     for k, stage in enumerate(stages):
         traj = f"{traj_prefix}_{k}_{stage}.traj" if traj_prefix and stage != "mmff" else None
         if stage == "mmff":
-            atoms, rep = mmff_stage(atoms, conformer_seed=conformer_seed)
+            smiles_charge = int(atoms.info.get("charge", 0)) if isinstance(atoms, Atoms) else None
+            atoms, rep = mmff_stage(atoms, conformer_seed=conformer_seed, strip_salts=strip_salts)
+            if smiles_charge is None and "smiles" in atoms.info:
+                smiles_charge = int(atoms.info.get("charge", 0))
+            if charge is not None and smiles_charge is not None and int(charge) != smiles_charge:
+                import warnings
+
+                warnings.warn(f"charge {int(charge):+d} given, but the structure's formal charges sum to "
+                              f"{smiles_charge:+d}: the physics stages use {int(charge):+d}", stacklevel=2)
+                rep.extra["charge_conflict"] = {"given": int(charge), "formal": smiles_charge}
             if charge is not None:
                 atoms.info["charge"] = int(charge)
             if traj_prefix:
@@ -215,9 +303,10 @@ def run_pipeline(start, *, stages=("mmff", "diffusion", "xtb"), fmax: float = 0.
                                          strict=strict)
         else:
             atoms, rep = physics_stage(atoms, stage, fmax=fmax, max_steps=physics_max_steps, trajectory=traj,
-                                       charge=charge, uhf=uhf, logfile=physics_log, **(physics_params or {}))
+                                       charge=charge, uhf=uhf, logfile=physics_log, optimizer=optimizer,
+                                       hessian=hessian, **(physics_params or {}))
         reports.append(rep)
-    if not any(s in PHYSICS for s in stages):
+    if atoms.info.get("relaxed_by") not in PHYSICS:  # only a physics stage's energy and forces describe them
         atoms.calc = None
     atoms.info["pipeline_stages"] = ",".join(r.stage for r in reports if not r.skipped)
     return PipelineResult(atoms, reports)

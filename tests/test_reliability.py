@@ -1,0 +1,520 @@
+"""Reliability and data safety (issue 21): the defaults a user runs, concurrent writers, verified
+checkpoints, nothing overwritten or dropped, and clear errors instead of wrong results.
+
+The CLI tests run ``python -m ase_diffrelax`` as a user does: progress bar on, no --quiet."""
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import pytest
+from ase import Atoms
+from ase.build import molecule
+from ase.db import connect
+from ase.io import read, write
+
+from ase_diffrelax.files import ExclusiveLock
+
+FAST = ["--policy", "fixed:t0=5+stride=0"]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def cli(*args, model=None, check=None):
+    cmd = [sys.executable, "-m", "ase_diffrelax", *args]
+    if model is not None:
+        cmd += ["--model", str(model.path), *FAST]
+    r = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=600)
+    if check is not None:
+        assert r.returncode == check, (r.returncode, r.stdout[-2000:], r.stderr[-3000:])
+    return r
+
+
+def indices(path):
+    if str(path).endswith(".db"):
+        return sorted(int(r.input_index) for r in connect(path).select())
+    return sorted(int(a.info["input_index"]) for a in read(path, ":"))
+
+
+def write_smi(path, smiles):
+    path.write_text("".join(f"{s} mol{k}\n" for k, s in enumerate(smiles)))
+
+
+# ---------------------------------------------------------------- 1: streaming with the progress bar on
+@pytest.mark.parametrize("ext", [".db", ".extxyz"])
+def test_streaming_cli_with_its_default_progress_bar_writes_every_chunk(tiny_model, tmp_path, ext):
+    write_smi(tmp_path / "lib.smi", ["CCO", "CC(=O)O", "CCN", "CC#N", "COC"] * 5)
+    out = tmp_path / f"out{ext}"
+    cli("relax", str(tmp_path / "lib.smi"), "-o", str(out), "--chunk-size", "7", model=tiny_model, check=0)
+    assert indices(out) == list(range(25))
+
+
+# ---------------------------------------------------------------- 2/3: one writer per output / run folder
+@pytest.mark.parametrize("ext", [".db", ".extxyz"])
+def test_a_second_writer_on_a_locked_output_is_refused_and_writes_nothing(tiny_model, tmp_path, ext):
+    write_smi(tmp_path / "lib.smi", ["CCO", "CCN", "CC#N"] * 4)
+    out = tmp_path / f"out{ext}"
+    cli("relax", str(tmp_path / "lib.smi"), "-o", str(out), "--chunk-size", "5", model=tiny_model, check=0)
+    before = out.read_bytes()
+    with ExclusiveLock(out, "this output"):  # as a running relax process holds it
+        r = cli("relax", str(tmp_path / "lib.smi"), "-o", str(out), "--resume", model=tiny_model, check=2)
+        errors = [line for line in r.stderr.splitlines() if "bad input" in line]
+        assert len(errors) == 1 and "another process" in errors[0] and "Traceback" not in r.stderr
+    assert out.read_bytes() == before
+    cli("relax", str(tmp_path / "lib.smi"), "-o", str(out), "--resume", model=tiny_model, check=0)
+    assert indices(out) == list(range(12))  # no duplicates after the lock is gone
+
+
+def test_two_real_relax_processes_on_one_output_never_duplicate_rows(tiny_model, tmp_path):
+    write_smi(tmp_path / "lib.smi", ["CCO", "CC(=O)O", "CCN", "OCC(N)C=O", "CC#N", "COC"] * 40)
+    out = tmp_path / "out.db"
+    cmd = [sys.executable, "-m", "ase_diffrelax", "relax", str(tmp_path / "lib.smi"), "-o", str(out), "--resume",
+           "--chunk-size", "10", "--model", str(tiny_model.path), *FAST]
+    procs = [subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    codes = [p.wait(timeout=600) for p in procs]
+    assert sorted(codes) in ([0, 0], [0, 2])  # the second either ran after the first or was refused
+    cli("relax", str(tmp_path / "lib.smi"), "-o", str(out), "--resume", model=tiny_model, check=0)
+    assert indices(out) == list(range(240))
+
+
+def test_a_second_training_run_on_a_running_folder_is_refused(tmp_path):
+    run = tmp_path / "run"
+    with ExclusiveLock(run, "this training run", inside=True):
+        r = cli("train", "--out", str(run), "--data", str(tmp_path / "none.extxyz"), "--steps", "1", check=2)
+    assert "another process" in r.stderr
+    assert not (run / "state.json").exists()
+
+
+# ---------------------------------------------------------------- 4: an unreadable frame
+def test_a_bad_extxyz_frame_gets_a_rejected_row_and_every_other_frame_is_relaxed(tiny_model, tmp_path):
+    frames = [molecule(n) for n in ("CH3OH", "C2H6", "CH3CHO", "C2H4", "CH3CN", "H2CO", "CH3OCH3", "HCOOH")]
+    write(tmp_path / "in.extxyz", frames)
+    text = (tmp_path / "in.extxyz").read_text().splitlines(keepends=True)
+    starts = [k for k, line in enumerate(text) if line.strip().isdigit()]
+    text[starts[2]] = "six\n"  # the third frame's atom count is garbage
+    (tmp_path / "in.extxyz").write_text("".join(text))
+    cli("relax", str(tmp_path / "in.extxyz"), "-o", str(tmp_path / "out.db"), model=tiny_model, check=0)
+    rows = {int(row.input_index): row for row in connect(tmp_path / "out.db").select()}
+    assert sorted(rows) == list(range(8))  # one row per frame, as promised
+    assert rows[2].status == "rejected" and "frame 2" in rows[2].reason
+    assert all(rows[k].status != "rejected" for k in rows if k != 2)
+
+
+def test_an_unreadable_frame_of_another_format_fails_the_run_naming_it(tiny_model, tmp_path):
+    from ase.io.trajectory import Trajectory
+
+    with Trajectory(tmp_path / "in.traj", "w") as t:
+        for name in ("CH3OH", "C2H6", "CH3CHO"):
+            t.write(molecule(name))
+    data = (tmp_path / "in.traj").read_bytes()
+    (tmp_path / "in.traj").write_bytes(data[: len(data) - 200])  # the last frame is cut short
+    r = cli("relax", str(tmp_path / "in.traj"), "-o", str(tmp_path / "out.db"), model=tiny_model)
+    rows = {int(row.input_index): row for row in connect(tmp_path / "out.db").select()}
+    assert sorted(rows) == [0, 1, 2] and rows[2].status == "rejected" and "unreadable" in rows[2].reason
+    # ASE stops reading there: never exit 0 when later entries might be missing
+    assert r.returncode == 1 and "frame 2" in r.stderr and "not read" in r.stderr
+
+
+# ---------------------------------------------------------------- 5: nothing overwritten unasked
+def test_relax_never_replaces_its_input_or_an_existing_file_unless_told(tiny_model, tmp_path):
+    write(tmp_path / "in.xyz", [molecule("CH3OH"), molecule("C2H6")])
+    original = (tmp_path / "in.xyz").read_text()
+    r = cli("relax", str(tmp_path / "in.xyz"), "-o", str(tmp_path / "in.xyz"), model=tiny_model, check=2)
+    assert "input" in r.stderr
+    (tmp_path / "existing.xyz").write_text("mine")
+    r = cli("relax", str(tmp_path / "in.xyz"), "-o", str(tmp_path / "existing.xyz"), model=tiny_model, check=2)
+    assert "--overwrite" in r.stderr
+    assert (tmp_path / "in.xyz").read_text() == original and (tmp_path / "existing.xyz").read_text() == "mine"
+    cli("relax", str(tmp_path / "in.xyz"), "-o", str(tmp_path / "existing.xyz"), "--overwrite", model=tiny_model,
+        check=0)
+    assert len(read(tmp_path / "existing.xyz", ":")) == 2
+
+
+# ---------------------------------------------------------------- 6: merge
+def test_merge_refuses_missing_inputs_and_counts_trailing_gaps(tiny_model, tmp_path):
+    r = cli("merge", str(tmp_path / "nosuch1.db"), str(tmp_path / "nosuch2.db"), "-o", str(tmp_path / "m.db"),
+            check=2)
+    assert "no such file" in r.stderr
+    assert not any(tmp_path.iterdir())  # nothing created
+    write_smi(tmp_path / "lib.smi", ["CCO", "CCN", "CC#N"] * 10 + ["CCO"])  # 31 entries
+    cli("relax", str(tmp_path / "lib.smi"), "-o", str(tmp_path / "s1.db"), "--shard", "1/2", model=tiny_model,
+        check=0)
+    r = cli("merge", str(tmp_path / "s1.db"), "-o", str(tmp_path / "m.db"), check=1)
+    assert "16 input indices missing" in r.stdout  # evens 0..30: the last one too, from the shard header
+    r = cli("merge", str(tmp_path / "s1.db"), "-o", str(tmp_path / "m2.db"), "--input", str(tmp_path / "lib.smi"),
+            check=1)
+    assert "of 31 rows" in r.stdout
+
+
+# ---------------------------------------------------------------- 7: bad output and arguments, before any work
+@pytest.mark.parametrize("output,extra,message", [
+    ("nodir/out.xyz", [], "does not exist"),
+    ("out.foo", [], "format"),
+    ("out.xyz", ["--batch-size", "-3"], "must be >= 1"),
+    ("nodir/out.db", [], "does not exist"),
+])
+def test_bad_outputs_and_arguments_fail_before_any_relaxing(tiny_model, tmp_path, output, extra, message):
+    write(tmp_path / "in.xyz", [molecule("CH3OH")])
+    r = cli("relax", str(tmp_path / "in.xyz"), "-o", str(tmp_path / output), *extra, model=tiny_model, check=2)
+    assert message in r.stderr and "Traceback" not in r.stderr
+    assert "relaxed" not in r.stdout
+
+
+@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root writes into read-only folders")
+def test_a_read_only_output_folder_is_refused_up_front(tiny_model, tmp_path):
+    write(tmp_path / "in.xyz", [molecule("CH3OH")])
+    (tmp_path / "ro").mkdir()
+    os.chmod(tmp_path / "ro", 0o555)
+    r = cli("relax", str(tmp_path / "in.xyz"), "-o", str(tmp_path / "ro" / "out.xyz"), model=tiny_model, check=2)
+    assert "not writable" in r.stderr
+
+
+# ---------------------------------------------------------------- 8: giants are refused before embedding
+def test_a_giant_smiles_is_refused_before_etkdg(tiny_model, tmp_path):
+    write_smi(tmp_path / "lib.smi", ["CCO", "C" * 400, "CCN"])
+    cli("relax", str(tmp_path / "lib.smi"), "-o", str(tmp_path / "out.db"), model=tiny_model, check=0)
+    rows = {int(r.input_index): r for r in connect(tmp_path / "out.db").select()}
+    assert rows[1].status == "rejected" and "heavy atoms" in rows[1].reason
+    assert rows[0].status != "rejected" and rows[2].status != "rejected"
+
+
+# ---------------------------------------------------------------- 9/10: verified checkpoints
+@pytest.fixture
+def shipped_copy(tmp_path, monkeypatch):
+    """The shipped QM9 checkpoint in a private copy of the checkpoint folder (the real one is untouched)."""
+    from ase_diffrelax.core import checkpoint
+
+    src = checkpoint.checkpoint_dir()
+    dst = tmp_path / "ckpt"
+    dst.mkdir()
+    for f in ("qm9-painn128-jt.safetensors", "qm9-painn128-jt.json"):
+        shutil.copy(src / f, dst / f)
+    reg = json.loads((src / "registry.json").read_text())
+    reg["models"] = {"qm9-painn128-jt": reg["models"]["qm9-painn128-jt"]}
+    reg["choice_order"] = ["qm9-painn128-jt"]
+    (dst / "registry.json").write_text(json.dumps(reg))
+    monkeypatch.setattr(checkpoint, "checkpoint_dir", lambda: dst)
+    monkeypatch.setattr(checkpoint, "_LOADED", {})
+    monkeypatch.setattr(checkpoint, "_HASHED", {})
+    monkeypatch.setenv("ASE_DIFFRELAX_CACHE", str(tmp_path / "cache"))
+    return dst
+
+
+def test_shipped_weights_are_verified_and_flipped_bytes_refused(shipped_copy):
+    from ase_diffrelax.core.checkpoint import IntegrityError, load_model
+
+    assert load_model("qm9-painn128-jt").verified == "registry sha256"
+    w = shipped_copy / "qm9-painn128-jt.safetensors"
+    data = bytearray(w.read_bytes())
+    data[-100] ^= 0xFF
+    w.write_bytes(bytes(data))
+    with pytest.raises(IntegrityError, match="sha256"):
+        load_model("qm9-painn128-jt")
+
+
+def test_a_registry_hash_of_zeros_is_refused(shipped_copy):
+    from ase_diffrelax.core.checkpoint import IntegrityError, load_model
+
+    reg = json.loads((shipped_copy / "registry.json").read_text())
+    reg["models"]["qm9-painn128-jt"]["sha256"] = "0" * 64
+    (shipped_copy / "registry.json").write_text(json.dumps(reg))
+    with pytest.raises(IntegrityError):
+        load_model("qm9-painn128-jt")
+
+
+def test_an_edited_card_cannot_widen_a_shipped_checkpoint(shipped_copy):
+    from ase_diffrelax import InputError, relax_many
+    from ase_diffrelax.core.checkpoint import IntegrityError, load_model
+
+    card_path = shipped_copy / "qm9-painn128-jt.json"
+    card = json.loads(card_path.read_text())
+    card["charges"] = [-1, 0, 1]
+    card_path.write_text(json.dumps(card))
+    ion = molecule("CH3CH2OH")
+    ion.info["charge"] = 1
+    with pytest.raises(InputError, match="charge"):  # the registry, not the card, says what it takes
+        relax_many([ion], model="qm9-painn128-jt", progress=False)
+    card["config"]["elements"] = card["config"]["elements"] + [34]
+    card_path.write_text(json.dumps(card))
+    with pytest.raises(IntegrityError, match="edited"):
+        load_model("qm9-painn128-jt")
+
+
+@pytest.mark.parametrize("field,value", [("default", "../../.."), ("weights", "../../x.safetensors")])
+def test_registry_paths_stay_inside_the_checkpoint_folder(shipped_copy, field, value):
+    from ase_diffrelax.core.checkpoint import IntegrityError, load_model
+
+    reg = json.loads((shipped_copy / "registry.json").read_text())
+    if field == "default":
+        reg["default"] = value
+    else:
+        reg["models"]["qm9-painn128-jt"]["weights"] = value
+    (shipped_copy / "registry.json").write_text(json.dumps(reg))
+    with pytest.raises(IntegrityError):
+        load_model(None if field == "default" else "qm9-painn128-jt")
+
+
+def test_a_checkpoint_loaded_by_path_is_checked_against_its_card_or_says_unverified(tiny_model, tmp_path):
+    from ase_diffrelax import DiffusionRelax
+    from ase_diffrelax.core import checkpoint
+
+    base = tmp_path / "mine"
+    for suffix in (".safetensors", ".json"):
+        shutil.copy(tiny_model.path.with_suffix(suffix), base.with_suffix(suffix))
+    card = json.loads(base.with_suffix(".json").read_text())
+    assert card["weights_sha256"] == checkpoint.sha256(base.with_suffix(".safetensors"))  # save_model wrote it
+    checkpoint._LOADED.clear()
+    a = molecule("CH3CH2OH")
+    DiffusionRelax(a, model=str(base), logfile=None, policy="fixed:t0=5").run()
+    assert a.info["diffusion_model_verified"].startswith("card sha256")
+    card.pop("weights_sha256")
+    base.with_suffix(".json").write_text(json.dumps(card))
+    checkpoint._LOADED.clear()
+    DiffusionRelax(a, model=str(base), logfile=None, policy="fixed:t0=5").run()
+    assert a.info["diffusion_model_verified"].startswith("unverified")
+    card["weights_sha256"] = "1" * 64
+    base.with_suffix(".json").write_text(json.dumps(card))
+    checkpoint._LOADED.clear()
+    with pytest.raises(checkpoint.IntegrityError):
+        checkpoint.load_model(str(base))
+
+
+# ---------------------------------------------------------------- 11/12: parameters in range or a clear error
+def test_an_ensemble_that_diverges_raises_instead_of_returning_copies(tiny_model):
+    from ase_diffrelax import sample_ensemble
+
+    a = molecule("CH3CH2OH")
+    with pytest.raises(RuntimeError, match="diverged"):
+        sample_ensemble(a, t=999, n_samples=20, burn_in=5, model=tiny_model)
+
+
+@pytest.mark.parametrize("temperature", [-10, 0, float("nan"), float("inf"), "300"])
+def test_ensemble_temperature_must_be_positive_and_finite(tiny_model, temperature):
+    from ase_diffrelax import sample_ensemble
+
+    with pytest.raises(ValueError, match="temperature"):
+        sample_ensemble(molecule("CH3CH2OH"), temperature=temperature, model=tiny_model)
+
+
+@pytest.mark.parametrize("kwargs,name", [({"t": 5000}, "t"), ({"t": 0}, "t"), ({"t": 2.5}, "t"),
+                                         ({"stiffness": -1.0}, "stiffness"), ({"temperature": float("nan")},
+                                                                               "temperature")])
+def test_diffusion_calculator_parameters_out_of_range_are_refused(tiny_model, kwargs, name):
+    from ase_diffrelax import DiffusionCalculator
+
+    with pytest.raises(ValueError, match=name):
+        DiffusionCalculator(model=tiny_model, **kwargs)
+    calc = DiffusionCalculator(model=tiny_model)
+    with pytest.raises(ValueError, match=name):
+        calc.set(**kwargs)
+
+
+@pytest.mark.parametrize("spec", ["jt:stride=1.5", "fixed:t0=-5", "jt:max_steps=0", "jt:eta=2", "itp:stride=-0.1",
+                                  "fixed:t0=1000", "jt:min_decay=1", "jt:max_steps=2.5", "jt:threshold=nan"])
+def test_policy_options_out_of_range_are_refused(spec):
+    from ase_diffrelax import make_policy
+
+    with pytest.raises(ValueError):
+        make_policy(spec)
+
+
+# ---------------------------------------------------------------- 13: one bad charge rejects one entry
+@pytest.mark.parametrize("bad", [None, "abc", 0.5, True])
+def test_a_bad_charge_rejects_only_its_structure(tiny_model, bad):
+    from ase_diffrelax import relax_many
+
+    mols = [molecule("CH3CH2OH"), molecule("C2H6"), molecule("CH3CHO")]
+    mols[1].info["charge"] = bad
+    res = relax_many(mols, model=tiny_model, on_error="skip", progress=False, policy="fixed:t0=5")
+    assert res[1].status == "rejected" and "structure 1" in res[1].reason and "charge" in res[1].reason
+    assert res[0].status != "rejected" and res[2].status != "rejected"
+
+
+def test_skip_bad_cli_names_the_frame_with_a_bad_charge(tiny_model, tmp_path):
+    mols = [molecule("CH3CH2OH"), molecule("C2H6")]
+    mols[1].info["charge"] = "abc"
+    write(tmp_path / "in.extxyz", mols)
+    r = cli("relax", str(tmp_path / "in.extxyz"), "-o", str(tmp_path / "out.extxyz"), "--skip-bad",
+            model=tiny_model, check=0)
+    assert "frame 1: rejected" in r.stdout and "charge" in r.stdout
+
+
+# ---------------------------------------------------------------- 14: clear errors
+def test_missing_devices_names_and_config_give_clear_errors(tiny_model, tmp_path, monkeypatch):
+    import torch
+
+    from ase_diffrelax import load_model, run_pipeline
+    from ase_diffrelax.core.device import pick_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        pick_device("cuda")
+    with pytest.raises(ValueError, match="not a torch device"):
+        pick_device("gpu9")
+    with pytest.raises(FileNotFoundError, match="empty checkpoint name"):
+        load_model("")
+    base = tmp_path / "nocfg"
+    shutil.copy(tiny_model.path.with_suffix(".safetensors"), base.with_suffix(".safetensors"))
+    card = json.loads(tiny_model.path.with_suffix(".json").read_text())
+    card.pop("config")
+    base.with_suffix(".json").write_text(json.dumps(card))
+    with pytest.raises(ValueError, match="config"):
+        load_model(str(base))
+    with pytest.raises(ValueError, match="no stages"):
+        run_pipeline("CCO", stages=())
+    with pytest.raises(ValueError, match="no molecule"):
+        run_pipeline("[Na+].[Cl-]", stages=("mmff",))
+
+
+def test_cli_device_cuda_without_cuda_is_one_line(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    write(tmp_path / "in.xyz", [molecule("CH3OH")])
+    r = cli("relax", str(tmp_path / "in.xyz"), "-o", str(tmp_path / "o.xyz"), "--device", "cuda", check=2)
+    assert "CUDA is not available" in r.stderr and "Traceback" not in r.stderr
+
+
+# ---------------------------------------------------------------- 15: salts
+def test_a_salt_smiles_is_relaxed_as_its_parent_ion_and_the_removal_is_reported():
+    from ase_diffrelax import run_pipeline
+
+    with pytest.warns(UserWarning, match=r"removed \[Na\+\]"):
+        res = run_pipeline("[Na+].[O-]C(=O)c1ccccc1", stages=("mmff",))
+    assert "Na" not in res.atoms.get_chemical_symbols() and res.atoms.info["charge"] == -1
+    assert res.stages[0].extra["removed_fragments"] == "[Na+]"
+    assert "removed" in res.table()
+    with pytest.raises(ValueError, match="fragments"):
+        run_pipeline("[Na+].[O-]C(=O)c1ccccc1", stages=("mmff",), strip_salts=False)
+    with pytest.warns(UserWarning, match="formal charges sum to"):
+        run_pipeline("CC(=O)[O-]", stages=("mmff",), charge=0)
+
+
+# ---------------------------------------------------------------- 16: far from the origin
+def test_diffusion_calculator_is_translation_invariant_far_from_the_origin(tiny_model):
+    from ase_diffrelax import DiffusionCalculator
+
+    a = molecule("CH3CH2OH")
+    a.positions += np.random.default_rng(0).normal(0, 0.1, a.positions.shape)
+    a.calc = DiffusionCalculator(model=tiny_model, t=20)
+    f0 = a.get_forces()
+    b = a.copy()
+    b.positions += 1e5
+    b.calc = DiffusionCalculator(model=tiny_model, t=20)
+    assert np.abs(b.get_forces() - f0).max() < 2e-3
+
+
+# ---------------------------------------------------------------- 17: a broken bond graph is a status
+def test_a_relaxation_that_splits_the_molecule_says_so():
+    from ase_diffrelax.chem.topology import describe, topology_change
+
+    a = molecule("CH3CONH2")
+    stretched = a.positions * 1.6
+    split = a.positions.copy()
+    c, n = [k for k, s in enumerate(a.get_chemical_symbols()) if s == "C"][1], a.get_chemical_symbols().index("N")
+    move = [n] + [k for k in range(len(a)) if a.get_chemical_symbols()[k] == "H"
+                  and np.linalg.norm(a.positions[k] - a.positions[n]) < 1.2]
+    split[move] += (a.positions[n] - a.positions[c]) / np.linalg.norm(a.positions[n] - a.positions[c]) * 1.9
+    topo = topology_change(a.numbers, stretched, split)
+    assert topo["split"] and topo["bonds_broken"] and topo["fragments_after"] == 2
+    assert "2 fragments" in describe(topo)
+    assert not topology_change(a.numbers, stretched, a.positions)["bonds_broken"]  # re-forming bonds is fine
+
+
+def test_relax_many_reports_bonds_broken_as_the_status(tiny_model, monkeypatch):
+    from ase_diffrelax import relax_many
+    from ase_diffrelax.adapters import batch
+
+    def broken(numbers, before, after):
+        return {"broken": [(0, 1)], "formed": [], "changed": True, "split": True, "fragments_before": 1,
+                "fragments_after": 2, "bonds_broken": True}
+
+    monkeypatch.setattr(batch, "topology_change", broken)
+    res = relax_many([molecule("CH3CH2OH")], model=tiny_model, progress=False, policy="fixed:t0=5")
+    assert res[0].status == "bonds_broken" and "2 fragments" in res[0].reason
+
+
+# ---------------------------------------------------------------- 18/19: pipeline metadata and step caps
+def test_metadata_follows_the_last_stage_that_moved_the_atoms(tiny_model):
+    from ase_diffrelax import run_pipeline
+
+    res = run_pipeline(molecule("CH3CH2OH"), stages=("xtb", "diffusion"), model=tiny_model,
+                       policy="fixed:t0=10+stride=0", optimizer="bfgs", hessian="identity")
+    assert res.atoms.info["relaxed_by"] == "diffusion"
+    assert "relaxed_fmax" not in res.atoms.info and res.atoms.calc is None
+
+
+def test_pipeline_max_steps_caps_only_the_physics_stage(tiny_model, tmp_path):
+    from ase_diffrelax.cli import main
+
+    out = tmp_path / "r.json"
+    assert main(["pipeline", "CCO", "--to", "xtb", "--max-steps", "3", "--model", str(tiny_model.path),
+                 "--optimizer", "bfgs", "--hessian", "identity", "--json", str(out)]) == 0
+    report = {s["stage"]: s for s in json.loads(out.read_text())}
+    assert report["diffusion"]["extra"]["policy"]["max_steps"] == 100  # jt's own, not 3 and not 500
+    assert report["xtb"]["steps"] <= 3
+
+
+# ---------------------------------------------------------------- 20: --debug anywhere
+def test_debug_is_accepted_after_the_subcommand(capsys):
+    from ase_diffrelax.cli import main
+
+    assert main(["models", "--debug"]) == 0
+    assert main(["--debug", "models"]) == 0
+
+
+# ---------------------------------------------------------------- fuzz: new argument ranges
+def test_fuzzed_policy_and_calculator_arguments_are_in_range_or_refused(tiny_model):
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from ase_diffrelax import DiffusionCalculator, make_policy
+
+    numbers = st.one_of(st.integers(-5000, 5000), st.floats(allow_nan=True, allow_infinity=True),
+                        st.sampled_from(["x", "none", "1e3", "-0"]))
+
+    @settings(max_examples=150, deadline=None)
+    @given(name=st.sampled_from(["jt", "itp", "fixed"]),
+           key=st.sampled_from(["eta", "stride", "threshold", "max_steps", "t_scale", "t_scale_cap", "t0",
+                                "min_decay"]), value=numbers)
+    def policies(name, key, value):
+        spec = f"{name}:{key}={value}" + ("+t0=30" if name == "fixed" and key != "t0" else "")
+        try:
+            p = make_policy(spec)
+        except (ValueError, TypeError):
+            return
+        assert 0 <= p.eta <= 1 and 0 <= p.stride < 1 and p.max_steps >= 1 and -1 <= p.threshold <= 1000
+        assert p.t_scale is None or 0 < p.t_scale <= 100
+        assert getattr(p, "t0", 30) in range(1, 1000)
+
+    @settings(max_examples=80, deadline=None)
+    @given(key=st.sampled_from(["t", "stiffness", "temperature"]), value=numbers)
+    def calculators(key, value):
+        try:
+            calc = DiffusionCalculator(model=tiny_model, **{key: value})
+        except ValueError:
+            return
+        a = molecule("CH3OH")
+        a.calc = calc
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            assert np.isfinite(a.get_forces()).all() and math.isfinite(a.get_potential_energy())
+
+    policies()
+    calculators()
+
+
+def test_atoms_keep_their_input_on_every_refusal(tiny_model):
+    from ase_diffrelax import InputError, relax_many
+
+    a = Atoms("OCO", positions=[[0, 0, -1.16], [0, 0, 0], [0, 0, 1.16]])
+    a.info["charge"] = "abc"
+    before = a.positions.copy()
+    with pytest.raises(InputError, match="charge"):
+        relax_many([a], model=tiny_model, progress=False)
+    assert np.array_equal(a.positions, before)
