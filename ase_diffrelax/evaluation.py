@@ -157,3 +157,42 @@ def measure(starts, rmsds, before, model, policy, seed: int = 0, batch_size: int
     res = relax_many(starts, model=model, policy=policy, batch_size=batch_size, progress=False, seed=seed)
     after = [f(r.atoms.positions) for f, r in zip(rmsds, res)]
     return rmsd_stats(before, after, [r.steps for r in res], time.perf_counter() - t0), res, after
+
+
+def select_qm9_molecules(n: int, max_heavy: int | None, seed: int):
+    from .training.data import load_qm9
+
+    ms = load_qm9("test")
+    order = np.random.default_rng(seed).permutation(len(ms))
+    picked = []
+    for i in order:
+        z, _ = ms.molecule(i)
+        if max_heavy is not None and int((z > 1).sum()) > max_heavy:
+            continue
+        picked.append(int(i))
+        if len(picked) >= 4 * n:
+            break
+    return ms, picked
+
+
+def qm9_mmff_start(ms, i, seed):
+    """ETKDG + MMFF94 from the QM9 SMILES (stereo from the reference), in the reference atom order:
+    (Atoms, wall s), or (None, 0.0) if unmappable. The start the hand-off benchmarks share."""
+    from ase import Atoms
+
+    from .chem.mapping import reorder_to_reference, stereo_smiles
+    from .chem.rdkit_interop import atoms_from_smiles
+
+    z, x = ms.molecule(i)
+    t0 = time.perf_counter()
+    try:
+        # QM9's SMILES carry no stereo: take it from the reference, as a user's SMILES would
+        a = atoms_from_smiles(stereo_smiles(z, x, str(ms.smiles[i])), seed=seed)
+    except ValueError:
+        return None, 0.0
+    if len(a) != len(z):
+        return None, 0.0
+    y = reorder_to_reference(z, x, a)
+    if y is None:
+        return None, 0.0
+    return Atoms(numbers=z, positions=y), time.perf_counter() - t0

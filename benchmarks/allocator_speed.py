@@ -1,10 +1,12 @@
-"""Eager CPU inference: glibc allocator defaults vs tuned (ase_diffrelax.tune_allocator) vs the
+"""Eager CPU inference: glibc allocator defaults vs tuned (ase_diffrelax.tune_allocator, now the default) vs the
 environment-variable fix vs torch.compile; size scaling of one forward; the compile break-even.
 
 Every measurement runs in a fresh process (allocator state is per process), one thread, and the
 modes are interleaved over ``--repeats`` rounds so that machine drift hits them alike.
 
-  relax    relax_many on --n QM9 test molecules (MMFF94 starts from the reference), default policy
+  relax    relax_many on --n QM9 test molecules (MMFF94 starts from the reference), default policy;
+           modes: untuned (ASE_DIFFRELAX_TUNE_ALLOCATOR=0: glibc's defaults), default (load_model
+           tunes), env (MALLOC_*_ variables), compiled
   scaling  one network forward (t fixed) of linear alkanes from 11 to 320 atoms
   cli      ``ase-diffrelax relax lib.smi -o out.db`` on --cli-n QM9 test SMILES (molecules/s), eager
            and --compile, both with the tuned allocator: the warm-up and per-molecule costs give
@@ -27,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-MODES = ("default", "tuned", "env", "compiled")
+MODES = ("untuned", "default", "env", "compiled")  # default: load_model tunes the allocator itself
 ALKANES = (3, 6, 13, 26, 53, 80, 106)  # C_n H_2n+2: 11 to 320 atoms
 
 
@@ -58,18 +60,19 @@ def child(mode: str, workload: str, n: int) -> dict:
     from ase_diffrelax import load_model, relax_many
     from ase_diffrelax.core.allocator import tune_allocator
 
-    if mode in ("tuned", "compiled"):
-        tune_allocator()
+    print(f"allocator: {tune_allocator()}", file=sys.stderr)  # "off" in the untuned mode
     if workload == "relax":
         starts = qm9_starts(n)
         model = load_model(None, compile=mode == "compiled")
-        relax_many(starts[:16], model=model, progress=False)  # warm-up (and compilation), untimed
+        t0 = time.perf_counter()
+        relax_many(starts, model=model, progress=False)  # the first call: what a short script pays (cold)
+        first = time.perf_counter() - t0
         walls = []
         for _ in range(2):
             t0 = time.perf_counter()
             relax_many(starts, model=model, progress=False)
             walls.append(time.perf_counter() - t0)
-        return {"wall_s": min(walls), "n": len(starts)}
+        return {"wall_s": min(walls), "first_call_s": first, "n": len(starts)}
     if workload == "scaling":
         from ase_diffrelax.chem.rdkit_interop import atoms_from_smiles
         from ase_diffrelax.core.denoise import denoise
@@ -102,6 +105,8 @@ def run_child(mode: str, workload: str, n: int) -> dict:
     env.pop("MALLOC_TRIM_THRESHOLD_", None)
     if mode == "env":
         env.update(MALLOC_MMAP_THRESHOLD_="33554432", MALLOC_TRIM_THRESHOLD_="17179869184")
+    if mode == "untuned":
+        env["ASE_DIFFRELAX_TUNE_ALLOCATOR"] = "0"
     r = subprocess.run([sys.executable, "-m", "benchmarks.allocator_speed", "--child", mode, "--workload", workload,
                         "--n", str(n)], env=env, capture_output=True, text=True, cwd=HERE.parent)
     if r.returncode:
@@ -109,22 +114,25 @@ def run_child(mode: str, workload: str, n: int) -> dict:
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
-def cli_rate(smi: Path, compile: bool, tuned: bool) -> dict:
-    """molecules/s of the streaming CLI (its own summary line), fresh process, one thread."""
+def cli_rate(smi: Path, compile: bool | None, tuned: bool) -> dict:
+    """molecules/s of the streaming CLI (its own summary line), fresh process, one thread;
+    compile None = the CLI's own choice, progress bar on (as a user runs it)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     if not tuned:
         env["ASE_DIFFRELAX_TUNE_ALLOCATOR"] = "0"
+    flags = ["--quiet", "--compile" if compile else "--no-compile"] if compile is not None else []
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        r = subprocess.run([sys.executable, "-m", "ase_diffrelax", "relax", str(smi), "-o", f"{tmp}/out.db", "--quiet",
-                            "--compile" if compile else "--no-compile"], env=env, capture_output=True, text=True)
+        r = subprocess.run([sys.executable, "-m", "ase_diffrelax", "relax", str(smi), "-o", f"{tmp}/out.db", *flags],
+                           env=env, capture_output=True, text=True)
         wall = time.perf_counter() - t0
     if r.returncode:
         raise RuntimeError(r.stderr[-3000:])
     line = [x for x in r.stdout.splitlines() if "molecules/s" in x][-1]
     seconds = [x for x in r.stdout.splitlines() if x.startswith("seconds per stage")][-1]
+    choice = [x for x in r.stderr.splitlines() if x.startswith("ase-diffrelax: ") and "entries" in x]
     return {"molecules_per_s": float(line.split("molecules/s")[0].split(";")[-1].strip()), "process_wall_s": wall,
-            "stages": seconds}
+            "stages": seconds, "choice": choice[-1] if choice else None}
 
 
 def main(argv=None):
@@ -134,6 +142,8 @@ def main(argv=None):
     p.add_argument("--n", type=int, default=48)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--cli-n", default="200,1000", help="QM9 SMILES counts for the CLI runs")
+    p.add_argument("--cli-default-n", type=int, default=10000,
+                   help="QM9 SMILES for one run of the CLI with its defaults (0: skip)")
     p.add_argument("--skip", default="", help="comma list of parts to skip: relax,scaling,cli")
     p.add_argument("--out", default="docs/results/allocator_speed.json")
     p.add_argument("--write-break-even", action="store_true")
@@ -146,25 +156,32 @@ def main(argv=None):
     report = {"threads": 1, "repeats": args.repeats, "machine": os.uname().machine, "cpus": os.cpu_count()}
     skip = set(filter(None, args.skip.split(",")))
     if "relax" not in skip:
-        rows = {m: [] for m in MODES}
+        rows, cold = {m: [] for m in MODES}, {m: [] for m in MODES}
         for rep in range(args.repeats):
             for m in MODES:
-                rows[m].append(run_child(m, "relax", args.n)["wall_s"])
-                print(f"relax round {rep} {m}: {rows[m][-1]:.2f} s", flush=True)
+                r = run_child(m, "relax", args.n)
+                rows[m].append(r["wall_s"])
+                cold[m].append(r["first_call_s"])
+                print(f"relax round {rep} {m}: first call {cold[m][-1]:.2f} s, then {rows[m][-1]:.2f} s", flush=True)
         med = {m: float(np.median(v)) for m, v in rows.items()}
+        med_cold = {m: float(np.median(v)) for m, v in cold.items()}
         report["relax_many"] = {"n_molecules": args.n, "wall_s": rows, "median_s": med,
-                                "default_over_env": med["default"] / med["env"], "tuned_over_env": med["tuned"] / med["env"],
-                                "compiled_speedup_over_tuned": med["tuned"] / med["compiled"]}
+                                "untuned_over_env": med["untuned"] / med["env"],
+                                "default_over_env": med["default"] / med["env"],
+                                "compiled_speedup_over_default": med["default"] / med["compiled"],
+                                "first_call_s": cold, "first_call_median_s": med_cold,
+                                "first_call_untuned_over_env": med_cold["untuned"] / med_cold["env"],
+                                "first_call_default_over_env": med_cold["default"] / med_cold["env"]}
     if "scaling" not in skip:
-        scal = {m: run_child(m, "scaling", 0) for m in ("default", "tuned")}
-        sizes = sorted(int(k) for k in scal["tuned"])
+        scal = {m: run_child(m, "scaling", 0) for m in ("untuned", "default")}
+        sizes = sorted(int(k) for k in scal["default"])
         fit = {}
         for m, d in scal.items():
             t = np.array([d[str(s)]["forward_ms"] for s in sizes])
             fit[m] = float(np.polyfit(np.log(sizes), np.log(t), 1)[0])
             big = [s for s in sizes if s >= 40]
             fit[m + "_40_320"] = float(np.polyfit(np.log(big), np.log([d[str(s)]["forward_ms"] for s in big]), 1)[0])
-        pairs = [scal["tuned"][str(s)]["pairs_within_cutoff"] for s in sizes]
+        pairs = [scal["default"][str(s)]["pairs_within_cutoff"] for s in sizes]
         fit["pairs_exponent"] = float(np.polyfit(np.log(sizes), np.log(pairs), 1)[0])
         report["forward_scaling"] = {"atoms": sizes, "by_mode": scal, "exponent": fit,
                                      "molecules": "linear alkanes C_n H_2n+2, moses-painn128-jt, t = 20"}
@@ -184,6 +201,11 @@ def main(argv=None):
                     row[kind] = cli_rate(smi, comp, tuned)
                     print(f"cli {n} {kind}: {row[kind]['molecules_per_s']:.1f} molecules/s", flush=True)
                 cli[str(n)] = row
+            if args.cli_default_n:
+                smi = Path(tmp) / "qm9_default.smi"
+                smi.write_text("".join(f"{ms.smiles[i]}\n" for i in range(args.cli_default_n)))
+                report["cli_defaults"] = {"n": args.cli_default_n, **cli_rate(smi, None, True)}
+                print(f"cli {args.cli_default_n} with its defaults: {report['cli_defaults']}", flush=True)
         report["cli"] = cli
         # wall = warm-up + n / rate: the break-even n where compile's warm-up is paid back
         ns = sorted(int(k) for k in cli)

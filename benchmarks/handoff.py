@@ -22,55 +22,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import time
 from pathlib import Path
 
 import numpy as np
 
-from ase_diffrelax.evaluation import KCAL_MOL_PER_EV, model_hash
+from ase_diffrelax.evaluation import KCAL_MOL_PER_EV, model_hash, qm9_mmff_start, select_qm9_molecules
 from ase_diffrelax.files import JsonlStore, atomic_write_json, save_figure
 
 HERE = Path(__file__).resolve().parent
 STARTS_XTB = ["mmff", "diffusion", "diffusion-fixed50", "diffusion-fixed20", "reference"]
 STARTS_DFT = ["mmff", "diffusion", "xtb-preopt", "reference"]
-
-
-def select_molecules(n: int, max_heavy: int | None, seed: int):
-    from ase_diffrelax.training.data import load_qm9
-
-    ms = load_qm9("test")
-    order = np.random.default_rng(seed).permutation(len(ms))
-    picked = []
-    for i in order:
-        z, _ = ms.molecule(i)
-        if max_heavy is not None and int((z > 1).sum()) > max_heavy:
-            continue
-        picked.append(int(i))
-        if len(picked) >= 4 * n:
-            break
-    return ms, picked
-
-
-def mmff_start(ms, i, seed):
-    """ETKDG + MMFF94 from the QM9 SMILES, in the reference atom order (None if unmappable)."""
-    from ase import Atoms
-
-    from ase_diffrelax.chem.mapping import reorder_to_reference, stereo_smiles
-    from ase_diffrelax.chem.rdkit_interop import atoms_from_smiles
-
-    z, x = ms.molecule(i)
-    t0 = time.perf_counter()
-    try:
-        # QM9's SMILES carry no stereo: take it from the reference, as a user's SMILES would
-        a = atoms_from_smiles(stereo_smiles(z, x, str(ms.smiles[i])), seed=seed)
-    except ValueError:
-        return None, 0.0
-    if len(a) != len(z):
-        return None, 0.0
-    y = reorder_to_reference(z, x, a)
-    if y is None:
-        return None, 0.0
-    return Atoms(numbers=z, positions=y), time.perf_counter() - t0
 
 
 def physics_params(args):
@@ -258,7 +219,7 @@ def main(argv=None):
     # "stereo": MMFF starts from stereo-complete SMILES (earlier caches used QM9's stereo-free SMILES)
     cache = JsonlStore(Path(args.cache) / ("stereo_" + tag.replace("(", "").replace(")", "").replace(",", "")
                                            + ".jsonl"))
-    ms, candidates = select_molecules(args.n, args.max_heavy, args.seed)
+    ms, candidates = select_qm9_molecules(args.n, args.max_heavy, args.seed)
     rows, done_mols = {}, 0
     only = {int(q) for q in args.molecules.split(",")} if args.molecules else None
     mmff_cache = {}
@@ -273,7 +234,7 @@ def main(argv=None):
                     rows[(qid, s)] = {k: v for k, v in cache.get(key).items() if k != "key"}
             done_mols += all((qid, s) in rows for s in starts)
             continue
-        start, wall = mmff_start(ms, i, args.seed)
+        start, wall = qm9_mmff_start(ms, i, args.seed)
         if start is None:
             continue
         if only is not None and qid not in only:

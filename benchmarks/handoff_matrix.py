@@ -54,14 +54,14 @@ def molecules(args):
     from ase import Atoms
 
     if args.set == "qm9":
-        from benchmarks.handoff import mmff_start, select_molecules
+        from ase_diffrelax.evaluation import qm9_mmff_start, select_qm9_molecules
 
-        ms, candidates = select_molecules(args.n, args.max_heavy, args.seed)
+        ms, candidates = select_qm9_molecules(args.n, args.max_heavy, args.seed)
         out = []
         for i in candidates:
             if len(out) >= args.n:
                 break
-            start, wall = mmff_start(ms, i, args.seed)
+            start, wall = qm9_mmff_start(ms, i, args.seed)
             if start is not None:
                 out.append((int(ms.ids[i]), str(ms.smiles[i]), start, wall, 0))
         return out

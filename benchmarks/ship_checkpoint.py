@@ -7,6 +7,7 @@ level of theory and the data description.
     python benchmarks/ship_checkpoint.py runs/moses-painn128-jt/best moses-painn128-jt \\
         --level "GFN2-xTB" --data data/moses_xtb/dataset.npz \\
         --training-data "MOSES train (molsets 0.3.1), 12,593 molecules, GFN2-xTB minima"
+    python benchmarks/ship_checkpoint.py --bonded-pairs-only - qm9-painn128-jt --data qm9 --level - --training-data -
 """
 from __future__ import annotations
 
@@ -24,16 +25,37 @@ from ase_diffrelax.training.xtb_dataset import load_xtb_dataset
 
 
 def data_ranges(path: str) -> dict:
-    """Elements, atom and heavy-atom ranges of a built dataset's train split."""
-    ms = load_xtb_dataset(path, "train")
+    """Elements, atom and heavy-atom ranges and the bonded element pairs of a built dataset's
+    train split (or of QM9's train split for path 'qm9')."""
+    from ase_diffrelax.chem.topology import training_bonded_pairs
+
+    if path == "qm9":
+        from ase_diffrelax.training.data import load_qm9
+
+        ms = load_qm9("train")
+    else:
+        ms = load_xtb_dataset(path, "train")
     sizes = ms.sizes()
     heavy = np.add.reduceat((ms.numbers > 1).astype(np.int64), ms.offsets[:-1])
     return {"elements": [chemical_symbols[int(z)] for z in np.unique(ms.numbers)],
-            "atoms": [int(sizes.min()), int(sizes.max())], "heavy_atoms": [int(heavy.min()), int(heavy.max())]}
+            "atoms": [int(sizes.min()), int(sizes.max())], "heavy_atoms": [int(heavy.min()), int(heavy.max())],
+            "bonded_pairs": training_bonded_pairs(ms)}
+
+
+def add_bonded_pairs(name: str, data: str) -> list[str]:
+    """Record a shipped checkpoint's training bonded pairs in the registry (the only field it changes)."""
+    reg_path = checkpoint_dir() / "registry.json"
+    reg = json.loads(reg_path.read_text())
+    pairs = data_ranges(data)["bonded_pairs"]
+    reg["models"][name]["bonded_pairs"] = pairs
+    atomic_write_json(reg_path, reg, indent=2)
+    return pairs
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--bonded-pairs-only", action="store_true", help="only record the bonded element pairs of "
+                   "the training data (--data, or 'qm9') for the registered checkpoint NAME; RUN is ignored")
     p.add_argument("run", help="checkpoint base path in a run folder (e.g. runs/NAME/best)")
     p.add_argument("name")
     p.add_argument("--level", required=True, help="level of theory the training minima were computed with")
@@ -42,6 +64,9 @@ def main(argv=None):
     p.add_argument("--choice-position", type=int, default=None,
                    help="insert into the registry's choice_order at this index (default: append)")
     args = p.parse_args(argv)
+    if args.bonded_pairs_only:
+        print(args.name, add_bonded_pairs(args.name, args.data))
+        return
 
     src = Path(args.run.removesuffix(".safetensors").removesuffix(".json"))
     dst = checkpoint_dir() / args.name

@@ -22,7 +22,7 @@ def tiny_set(monkeypatch):
         a.info.update(qm9_index=qid, smiles=smi)
         mols.append(a)
     ms = MoleculeSet.from_atoms_list(mols)
-    monkeypatch.setattr(handoff, "select_molecules", lambda n, max_heavy, seed: (ms, list(range(len(ms)))))
+    monkeypatch.setattr(handoff, "select_qm9_molecules", lambda n, max_heavy, seed: (ms, list(range(len(ms)))))
     return ms
 
 
@@ -49,7 +49,7 @@ def test_handoff_cache_resume_reproduces_without_recomputing(tiny_set, tiny_mode
     lines = content.decode().splitlines(keepends=True)
     cache.write_text("".join(lines[:-1]) + lines[-1][: len(lines[-1]) // 2])
     monkeypatch.undo()
-    monkeypatch.setattr(handoff, "select_molecules", lambda n, max_heavy, seed: (tiny_set, [0, 1, 2]))
+    monkeypatch.setattr(handoff, "select_qm9_molecules", lambda n, max_heavy, seed: (tiny_set, [0, 1, 2]))
     third = handoff.main(argv)
     assert len(read_jsonl(cache)) == 6
     steps = lambda r: [(t["qm9_index"], {k: v["steps"] for k, v in t.items() if isinstance(v, dict)}) for t in r["table"]]
@@ -153,3 +153,25 @@ def test_time_calibration_on_xtb_energy_writes_the_grid_and_choice_into_the_card
     assert cal["objective"] == "energy" and [g["t_scale"] for g in cal["grid"]] == [1.0, 3.0]
     assert cal["t_scale"] == min(cal["grid"], key=lambda g: g["gap_kcal_median"])["t_scale"]
     assert all(g["gap_kcal_mmff_median"] > 0 for g in cal["grid"])  # MMFF94 minima lie above the xTB minima
+
+
+def test_handoff_matrix_resumes_from_its_cache_and_ranks_routes(tiny_set, tmp_path, monkeypatch):
+    import ase_diffrelax.evaluation as evaluation
+
+    matrix = pytest.importorskip("benchmarks.handoff_matrix")
+    monkeypatch.setattr(evaluation, "select_qm9_molecules", lambda n, max_heavy, seed: (tiny_set, [0, 1]))
+    argv = ["--set", "qm9", "--level", "xtb", "--n", "2", "--routes", "bfgs,sella,bfgs+xtb",
+            "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "m.json")]
+    first = matrix.main(argv)
+    cache = tmp_path / "cache" / "handoff_matrix_qm9_xtb.jsonl"
+    assert len(read_jsonl(cache)) == 2 * 2 * 3 and first["n_complete"] == 2
+    cell = first["cells"]["diffusion/bfgs+xtb"]
+    assert cell["hessian_calls_median"] > 0 and cell["calls_incl_hessian_median"] > cell["calls_median"]
+    assert first["best_route"] in first["cells"] and not first["best_route_without_diffusion"].startswith("diffusion")
+
+    def boom(*a, **k):
+        raise AssertionError("recomputed a cached cell")
+
+    monkeypatch.setattr("ase_diffrelax.workflows.pipeline.physics_stage", boom)
+    second = matrix.main(argv)
+    assert second["cells"] == first["cells"]

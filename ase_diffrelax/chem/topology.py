@@ -14,6 +14,23 @@ def bond_graph(numbers, positions, scale: float = 1.2) -> set[tuple[int, int]]:
     return set(zip(i.tolist(), j.tolist()))
 
 
+def bonded_pairs(numbers, positions, scale: float = 1.2) -> set[str]:
+    """Element pairs joined by a bond, as sorted 'A-B' strings ('C-H', 'H-S', ...)."""
+    from ase.data import chemical_symbols
+
+    return {"-".join(sorted((chemical_symbols[numbers[i]], chemical_symbols[numbers[j]])))
+            for i, j in bond_graph(numbers, positions, scale)}
+
+
+def training_bonded_pairs(ms) -> list[str]:
+    """Every bonded element pair that occurs in a MoleculeSet (a checkpoint's training split)."""
+    seen: set[str] = set()
+    for i in range(len(ms)):
+        z, x = ms.molecule(i)
+        seen |= bonded_pairs(z, x)
+    return sorted(seen)
+
+
 LOOSE_SCALE = 2.0  # a distorted (stretched) input still shows which atoms belong together
 
 

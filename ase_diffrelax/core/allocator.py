@@ -7,11 +7,12 @@ the kernel (issue 22, docs/benchmarks.md). Raising both thresholds keeps the buf
 and reuses them, as the environment variables MALLOC_MMAP_THRESHOLD_ / MALLOC_TRIM_THRESHOLD_
 would, without the user knowing about either.
 
-The CLI calls ``tune_allocator()`` at start-up. Library users opt in with one line,
-``ase_diffrelax.tune_allocator()``: it is not done on import because it changes the whole
-process's allocator (memory freed by any library then stays reserved by the process, up to the
-peak), which a host application should decide. Without glibc (macOS, Windows, musl) it does
-nothing and says so.
+The CLI calls ``tune_allocator()`` at start-up and ``load_model`` on its first call, so neither
+CLI nor library users need to know about it. It changes the allocator of the whole process:
+blocks below 32 MiB freed by any library stay reserved by the process (up to its peak use) and
+the heap is trimmed only when 2 GiB sit free at its top. A host application that cannot accept
+that sets ``ASE_DIFFRELAX_TUNE_ALLOCATOR=0`` (or its own MALLOC_*_ variables, which win).
+Without glibc (macOS, Windows, musl) it does nothing and says so.
 """
 from __future__ import annotations
 

@@ -228,8 +228,10 @@ def load_model(name_or_path=None, device=None, compile: bool = False) -> LoadedM
     ``device`` (None: CUDA when available). Loaded models are cached per file and device and
     shared read-only; asking for another device gives a separate copy. ``compile=True`` gives
     the model's ``torch.compile``-d twin (``LoadedModel.compiled``)."""
+    from .allocator import tune_allocator
     from .device import pick_device
 
+    tune_allocator()  # once per process: eager CPU inference otherwise re-faults its buffers (allocator.py)
     if compile:
         return load_model(name_or_path, device).compiled()
     if isinstance(name_or_path, LoadedModel):
@@ -290,6 +292,8 @@ def _verify(base: Path, weights: Path, card: dict) -> tuple[dict, str]:
         card = {**card, "level_of_theory": entry.get("level_of_theory"), "charges": entry.get("charges", [0])}
         if "heavy_atoms" in entry:
             card["max_heavy_atoms"] = int(entry["heavy_atoms"][1])
+        if "bonded_pairs" in entry:
+            card["bonded_pairs"] = list(entry["bonded_pairs"])
         return card, "registry sha256"
     if card.get("weights_sha256"):
         digest = cached_sha256(weights)

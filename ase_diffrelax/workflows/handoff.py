@@ -98,9 +98,11 @@ def make_positive_definite(hessian: np.ndarray, positions: np.ndarray, floor: fl
     return (v * w_new) @ v.T, float(w[internal].min())
 
 
-def xtb_hessian(atoms, charge: int = 0, uhf: int = 0, delta: float = 0.005, method: str = "GFN2-xTB"):
+def xtb_hessian(atoms, charge: int = 0, uhf: int = 0, delta: float = 0.005, method: str = "GFN2-xTB",
+                positive_definite: bool = True):
     """GFN2-xTB Hessian by central differences of tblite gradients (6N gradients, each SCF restarted
-    from the reference wavefunction). Returns (H in eV/A^2, positive definite; HessianWork)."""
+    from the reference wavefunction). Returns (H in eV/A^2, positive definite unless asked not to;
+    HessianWork)."""
     try:
         from tblite.interface import Calculator
     except ImportError:
@@ -122,6 +124,8 @@ def xtb_hessian(atoms, charge: int = 0, uhf: int = 0, delta: float = 0.005, meth
             grads.append(calc.singlepoint(ref, copy=True).get("gradient").ravel())
         h[i] = (grads[0] - grads[1]) / (2 * step)
     h *= Hartree / Bohr**2
+    if not positive_definite:
+        return h, HessianWork("GFN2-xTB finite differences", calls=2 * n3 + 1, wall_s=time.perf_counter() - t0)
     h_pd, lam_min = make_positive_definite(h, atoms.positions)
     return h_pd, HessianWork("GFN2-xTB finite differences", calls=2 * n3 + 1, wall_s=time.perf_counter() - t0,
                              min_eigenvalue=lam_min)
