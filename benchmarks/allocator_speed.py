@@ -34,22 +34,11 @@ ALKANES = (3, 6, 13, 26, 53, 80, 106)  # C_n H_2n+2: 11 to 320 atoms
 
 
 def qm9_starts(n: int):
-    from ase import Atoms
+    """MMFF94 minima of QM9 test molecules started from their references (the shared start builder)."""
+    from ase_diffrelax.evaluation import build_starts, pick_molecules
 
-    from ase_diffrelax.chem.rdkit_interop import mmff_from_reference
-    from ase_diffrelax.training.data import load_qm9
-
-    ms = load_qm9("test")
-    out = []
-    for i in np.random.default_rng(0).permutation(len(ms)):
-        if len(out) >= n:
-            break
-        z, x = ms.molecule(i)
-        try:
-            out.append(Atoms(numbers=z, positions=mmff_from_reference(z, x)))
-        except ValueError:
-            continue
-    return out
+    ms, order = pick_molecules(0, "test")
+    return build_starts("mmff-ref", ms, order, n, 0)[0]
 
 
 def child(mode: str, workload: str, n: int) -> dict:

@@ -201,6 +201,19 @@ def summarize(rows: dict, mols: list, cells: list[tuple[str, str]], level: str) 
             "best_over_best_without_diffusion_per_molecule_median": ratio, "cells": out}
 
 
+def markdown_table(result: dict) -> str:
+    xtb = result["level"] == "xtb"
+    head = ("| start / hand-off | n | median target calls | + Hessian calls | converged | same minimum | "
+            "wall from SMILES [s] |")
+    lines = [head, "|---|---|---|---|---|---|---|"]
+    for name, c in result["cells"].items():
+        total = f" (= {c['calls_incl_hessian_median']:.0f})" if xtb and c["hessian_calls_median"] else ""
+        lines.append(f"| {name} | {c['n']} | {c['calls_median']:.1f} | {c['hessian_calls_median']:.0f}{total} | "
+                     f"{100 * c['converged_fraction']:.0f} % | {100 * c['same_minimum_fraction']:.0f} % | "
+                     f"{c['wall_from_smiles_s_median']:.2f} |")
+    return "\n".join(lines)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--set", choices=["qm9", "moses"], default="qm9")
@@ -223,6 +236,7 @@ def main(argv=None):
     p.add_argument("--cache", default=str(HERE / "cache"))
     p.add_argument("--out", default=None, help="JSON (default docs/results/handoff_matrix_<set>_<level>.json)")
     p.add_argument("--summary-only", action="store_true", help="tabulate the cache, compute nothing")
+    p.add_argument("--markdown", action="store_true", help="print the cells as a markdown table (docs/benchmarks.md)")
     args = p.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     import torch
@@ -289,6 +303,8 @@ def main(argv=None):
     out = Path(args.out or HERE.parent / "docs" / "results" / f"handoff_matrix_{args.set}_{args.level}.json")
     atomic_write_json(out, result, indent=1)
     print(json.dumps({k: v for k, v in result.items() if k != "cells"}, indent=1))
+    if args.markdown:
+        print(markdown_table(result))
     for name, c in result["cells"].items():
         print(f"{name:28s} n={c['n']:3d} calls {c['calls_median']:6.1f} +H {c['hessian_calls_median']:5.0f} "
               f"conv {c['converged_fraction']:.2f} same-min {c['same_minimum_fraction']:.2f} "

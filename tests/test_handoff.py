@@ -98,3 +98,18 @@ def test_auto_takes_the_measured_table():
         assert table[level]["evidence"]
     assert resolve_handoff("xtb", "bfgs", "identity") == ("bfgs", "identity")  # today's behaviour on request
     assert resolve_handoff("xtb", "lbfgs", "auto")[1] == "identity"
+
+
+def test_auto_falls_back_with_a_warning_when_its_route_is_not_installed(monkeypatch):
+    monkeypatch.setitem(sys.modules, "sella", None)
+    with pytest.warns(UserWarning, match=r"ase_diffrelax\[sella\]"):
+        assert resolve_handoff("xtb", "auto", "auto") == ("bfgs", "identity")
+
+
+def test_the_pipeline_runs_the_measured_default_route(nma):
+    from ase_diffrelax import run_pipeline
+
+    res = run_pipeline(nma, stages=("xtb",))
+    opt, hess = resolve_handoff("xtb")
+    assert res.stages[0].optimizer == opt and res.stages[0].converged
+    assert (res.stages[0].hessian is not None) == (hess != "identity")

@@ -518,3 +518,15 @@ def test_atoms_keep_their_input_on_every_refusal(tiny_model):
     with pytest.raises(InputError, match="charge"):
         relax_many([a], model=tiny_model, progress=False)
     assert np.array_equal(a.positions, before)
+
+
+def test_the_size_warning_counts_heavy_atoms_too():
+    from ase_diffrelax import load_model
+    from ase_diffrelax.chem.rdkit_interop import atoms_from_smiles
+    from ase_diffrelax.core.validate import check_for_model
+
+    model = load_model("moses-painn128-jt")
+    a = atoms_from_smiles("FC(F)(F)" + "C(F)(F)" * 18 + "C(F)(F)F")  # 62 atoms, all heavy
+    assert len(a) < 1.5 * model.card["max_atoms"]  # the atom count alone would pass silently
+    with pytest.warns(UserWarning, match="heavy"):
+        check_for_model(a, model)

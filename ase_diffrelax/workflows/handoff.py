@@ -47,6 +47,18 @@ def _require(name: str):
                           f"pip install 'ase_diffrelax[{EXTRA_FOR[name]}]'") from None
 
 
+def route_available(optimizer: str, hessian) -> str | None:
+    """None when the route's packages import, else what to install (for the 'auto' fallback)."""
+    import importlib.util
+
+    need = []
+    if optimizer in EXTRA_FOR and importlib.util.find_spec(optimizer) is None:
+        need.append(f"pip install 'ase_diffrelax[{EXTRA_FOR[optimizer]}]'")
+    if hessian == "xtb" and importlib.util.find_spec("tblite") is None:
+        need.append("pip install 'ase_diffrelax[xtb]'")
+    return " and ".join(need) or None
+
+
 def check_handoff(optimizer: str, hessian) -> None:
     """Fail before any QM work on an unknown name, a missing extra or a Hessian the optimizer cannot use."""
     if optimizer not in OPTIMIZERS:

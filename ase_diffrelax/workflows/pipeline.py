@@ -222,18 +222,27 @@ def physics_stage(atoms, kind: str, *, fmax: float = 0.03, max_steps: int = 500,
 
 
 def resolve_handoff(kind: str, optimizer: str = "auto", hessian="auto") -> tuple[str, object]:
-    """``"auto"`` -> the measured fastest hand-off for this level (``handoff_defaults.json``)."""
+    """``"auto"`` -> the measured fastest hand-off for this level (``handoff_defaults.json``); when
+    that route needs a package that is not installed, the level's fallback, with a warning."""
     if optimizer != "auto" and not (isinstance(hessian, str) and hessian == "auto"):
         return optimizer, hessian
+    from .handoff import HESSIAN_OPTIMIZERS, route_available
+
     table = handoff_defaults()
     choice = table["levels"].get(kind, table["levels"]["default"])
-    if optimizer == "auto":
-        optimizer = choice["optimizer"]
-    if isinstance(hessian, str) and hessian == "auto":
-        from .handoff import HESSIAN_OPTIMIZERS
+    best = (choice["optimizer"] if optimizer == "auto" else optimizer,
+            choice["hessian"] if isinstance(hessian, str) and hessian == "auto" else hessian)
+    missing = route_available(*best) if optimizer == "auto" else None
+    if missing:
+        import warnings
 
-        hessian = choice["hessian"] if optimizer in HESSIAN_OPTIMIZERS else "identity"
-    return optimizer, hessian
+        fb = choice.get("fallback", {"optimizer": "bfgs", "hessian": "identity"})
+        warnings.warn(f"the measured fastest {kind} hand-off ({best[0]}, hessian {best[1]}) needs {missing}; "
+                      f"using {fb['optimizer']} with hessian {fb['hessian']}", stacklevel=3)
+        best = (fb["optimizer"], fb["hessian"] if isinstance(hessian, str) and hessian == "auto" else hessian)
+    if best[0] not in HESSIAN_OPTIMIZERS and isinstance(best[1], str) and isinstance(hessian, str) and hessian == "auto":
+        best = (best[0], "identity")
+    return best
 
 
 def handoff_defaults() -> dict:
