@@ -103,11 +103,14 @@ def run_child(mode: str, workload: str, n: int) -> dict:
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
-def cli_rate(smi: Path, compile: bool | None, tuned: bool) -> dict:
+def cli_rate(smi: Path, compile: bool | None, tuned: bool | str) -> dict:
     """molecules/s of the streaming CLI (its own summary line), fresh process, one thread;
-    compile None = the CLI's own choice, progress bar on (as a user runs it)."""
+    compile None = the CLI's own choice, progress bar on (as a user runs it); tuned "env" = the
+    MALLOC_*_ environment variables instead of the CLI's own tuning."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    if not tuned:
+    if tuned == "env":
+        env.update(MALLOC_MMAP_THRESHOLD_="33554432", MALLOC_TRIM_THRESHOLD_="17179869184")
+    elif not tuned:
         env["ASE_DIFFRELAX_TUNE_ALLOCATOR"] = "0"
     flags = ["--quiet", "--compile" if compile else "--no-compile"] if compile is not None else []
     with tempfile.TemporaryDirectory() as tmp:
@@ -186,7 +189,7 @@ def main(argv=None):
                 smi.write_text("".join(f"{ms.smiles[i]}\n" for i in range(n)))
                 row = {}
                 for kind, comp, tuned in (("eager_untuned", False, False), ("eager", False, True),
-                                          ("compiled", True, True)):
+                                          ("eager_env", False, "env"), ("compiled", True, True)):
                     row[kind] = cli_rate(smi, comp, tuned)
                     print(f"cli {n} {kind}: {row[kind]['molecules_per_s']:.1f} molecules/s", flush=True)
                 cli[str(n)] = row

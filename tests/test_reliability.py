@@ -530,3 +530,19 @@ def test_the_size_warning_counts_heavy_atoms_too():
     assert len(a) < 1.5 * model.card["max_atoms"]  # the atom count alone would pass silently
     with pytest.warns(UserWarning, match="heavy"):
         check_for_model(a, model)
+
+
+def test_xyz_frames_resynchronise_after_a_bad_atom_line_and_a_bad_header(tmp_path):
+    from ase_diffrelax.workflows.collection import iter_xyz_frames
+
+    write(tmp_path / "in.xyz", [molecule(n) for n in ("CH4", "H2O", "NH3", "C2H6", "CH3OH")])
+    lines = (tmp_path / "in.xyz").read_text().splitlines(keepends=True)
+    heads = [k for k, line in enumerate(lines) if line.strip().isdigit()]
+    lines[heads[1] + 2] = "O 0.0 abc 0.0\n"  # frame 1: a bad atom line
+    lines[heads[3]] = "eight\n"  # frame 3: a bad header
+    (tmp_path / "in.xyz").write_text("".join(lines))
+    out = list(iter_xyz_frames(str(tmp_path / "in.xyz")))
+    assert [k for k, _, _ in out] == [0, 1, 2, 3, 4]
+    assert [a is not None for _, a, _ in out] == [True, False, True, False, True]
+    assert "frame 1" in out[1][2] and "frame 3" in out[3][2]
+    assert out[4][1].get_chemical_formula() == "CH4O"

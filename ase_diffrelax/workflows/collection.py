@@ -106,10 +106,11 @@ def iter_entries(path: str, shard: tuple[int, int] = (0, 1), seen: dict | None =
             yield Entry(k, None, error=f"frame {k} unreadable ({type(exc).__name__}: {exc})")
 
 
-def iter_xyz_frames(path: str):
-    """(index, Atoms or None, error) per frame of an (ext)xyz file, read frame by frame: a frame
-    with a broken header or atom line becomes one error entry and reading resumes at the next line
-    that is an atom count, so every other frame is still read (ASE's iread stops at the first)."""
+def iter_xyz_frames(path: str, parse: bool = True):
+    """(index, Atoms or None, error) per frame of an (ext)xyz file, streamed frame by frame: a
+    frame with a broken header or atom line becomes one error entry and reading resumes at the
+    next line that is an atom count, so every other frame is still read (ASE's iread stops at
+    the first). ``parse=False`` only counts frames."""
     import io
 
     from ase.io import read
@@ -118,31 +119,47 @@ def iter_xyz_frames(path: str):
         text = line.strip()
         return int(text) if text.isdigit() else None
 
+    k, lineno, pending = 0, 0, None
     with open(path) as fh:
-        lines = fh.readlines()
-    pos, k = 0, 0
-    while pos < len(lines):
-        if not lines[pos].strip():
-            pos += 1
-            continue
-        n = count(lines[pos])
-        if n is None:  # not a header: this frame's block runs to the next atom-count line
-            end = pos + 1
-            while end < len(lines) and count(lines[end]) is None:
-                end += 1
-            yield k, None, f"frame {k} (line {pos + 1}): expected an atom count, got {lines[pos].strip()[:40]!r}"
-            pos, k = end, k + 1
-            continue
-        block = lines[pos: pos + n + 2]
-        if len(block) < n + 2:
-            yield k, None, f"frame {k} (line {pos + 1}): file ends after {len(block) - 2} of {n} atom lines"
-            return
-        try:
-            atoms = read(io.StringIO("".join(block)), format="extxyz")
-            yield k, atoms, ""
-        except Exception as exc:  # ASE raises many types for malformed frames
-            yield k, None, f"frame {k} (line {pos + 1}): unreadable ({type(exc).__name__}: {exc})"
-        pos, k = pos + n + 2, k + 1
+        while True:
+            line = pending if pending is not None else fh.readline()
+            pending = None
+            if not line:
+                return
+            lineno += 1
+            if not line.strip():
+                continue
+            n = count(line)
+            start = lineno
+            if n is None:  # not a header: this frame's block runs to the next atom-count line
+                bad = line.strip()[:40]
+                while True:
+                    nxt = fh.readline()
+                    if not nxt or count(nxt) is not None:
+                        pending = nxt or None
+                        break
+                    lineno += 1
+                yield k, None, f"frame {k} (line {start}): expected an atom count, got {bad!r}"
+                k += 1
+                continue
+            block = [line]
+            for _ in range(n + 1):
+                nxt = fh.readline()
+                if not nxt:
+                    break
+                block.append(nxt)
+            lineno += len(block) - 1
+            if len(block) < n + 2:
+                yield k, None, f"frame {k} (line {start}): file ends after {max(0, len(block) - 2)} of {n} atom lines"
+                return
+            if not parse:
+                yield k, None, ""
+            else:
+                try:
+                    yield k, read(io.StringIO("".join(block)), format="extxyz"), ""
+                except Exception as exc:  # ASE raises many types for malformed frames
+                    yield k, None, f"frame {k} (line {start}): unreadable ({type(exc).__name__}: {exc})"
+            k += 1
 
 
 class _Output:
@@ -227,7 +244,7 @@ def count_shard_entries(path: str, shard: tuple[int, int] = (0, 1)) -> int | Non
 
         total = connect(p).count()
     elif low.endswith((".xyz", ".extxyz")):
-        total = sum(1 for _ in iter_xyz_frames(p))
+        total = sum(1 for _ in iter_xyz_frames(p, parse=False))
     else:
         return None
     return len(range(i, total, n))
