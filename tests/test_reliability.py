@@ -546,3 +546,14 @@ def test_xyz_frames_resynchronise_after_a_bad_atom_line_and_a_bad_header(tmp_pat
     assert [a is not None for _, a, _ in out] == [True, False, True, False, True]
     assert "frame 1" in out[1][2] and "frame 3" in out[3][2]
     assert out[4][1].get_chemical_formula() == "CH4O"
+
+
+def test_a_stale_ase_db_lock_from_a_killed_writer_does_not_hang_the_resume(tiny_model, tmp_path):
+    write_smi(tmp_path / "lib.smi", ["CCO", "CCN", "CC#N"] * 4)
+    out = tmp_path / "out.db"
+    cli("relax", str(tmp_path / "lib.smi"), "-o", str(out), "--chunk-size", "5", model=tiny_model, check=0)
+    (tmp_path / "out.db.lock").write_text("")  # what ASE leaves when a writer dies inside a transaction
+    cmd = [sys.executable, "-m", "ase_diffrelax", "relax", str(tmp_path / "lib.smi"), "-o", str(out), "--resume",
+           "--model", str(tiny_model.path), *FAST]
+    r = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and indices(out) == list(range(12))

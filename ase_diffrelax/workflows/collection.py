@@ -180,7 +180,11 @@ class _Output:
         if self.db:
             from ase.db import connect
 
-            self.done = {int(row.input_index) for row in connect(self.path).select(include_data=False)}
+            stale = Path(self.path + ".lock")  # ASE's own lock file, left by a writer that was killed
+            if stale.exists():
+                stale.unlink()  # safe: this process holds the exclusive writer lock
+            self.done = {int(row.input_index) for row in connect(self.path, use_lock_file=False).select(
+                include_data=False)}
         else:
             if not self.progress.exists():
                 raise FileExistsError(f"{self.path} has no {self.progress.name}: it was not written by a sharded "
@@ -196,7 +200,9 @@ class _Output:
         if self.db:
             from ase.db import connect
 
-            with connect(self.path) as db:  # one transaction per chunk
+            # one SQLite transaction per chunk; ASE's lock file is not used (a kill would leave it
+            # behind and hang the resume): ExclusiveLock already keeps every other writer out
+            with connect(self.path, use_lock_file=False) as db:
                 for atoms, kv in rows:
                     db.write(atoms, key_value_pairs={k: v for k, v in kv.items() if v not in ("", None)})
             return
@@ -220,7 +226,7 @@ class _Output:
         if self.db:
             from ase.db import connect
 
-            db = connect(self.path)
+            db = connect(self.path, use_lock_file=False)
             db.metadata = {**db.metadata, "ase_diffrelax_shard": header}
         else:
             append_jsonl(self.progress, [{"bytes": os.path.getsize(self.path) if Path(self.path).exists() else 0,
@@ -463,7 +469,7 @@ def merge_outputs(inputs: list[str], output: str, expected: int | None = None) -
         if output.lower().endswith(".db"):
             from ase.db import connect
 
-            with connect(output) as db:
+            with connect(output, use_lock_file=False) as db:
                 for k in order:
                     a = seen[k]
                     kv = {key: v for key, v in a.info.items() if isinstance(v, (int, float, str, bool))}
