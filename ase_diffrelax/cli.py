@@ -95,7 +95,8 @@ def _relax_collection(args) -> int:
     if not os.path.exists(args.input):
         raise UserError(f"{args.input}: no such file")
     shard = parse_shard(args.shard)
-    compile, why = compile_choice(count_shard_entries(args.input, shard), args.compile)
+    n_entries = count_shard_entries(args.input, shard) if args.compile is None else None
+    compile, why = compile_choice(n_entries, args.compile)
     print(f"ase-diffrelax: {why}", file=sys.stderr)
     if args.overwrite and os.path.exists(args.output) and not args.resume:
         raise UserError(f"{args.output}: streaming outputs are never overwritten; --resume continues it, or "
@@ -158,7 +159,9 @@ def _relax(args) -> int:
     except InputError as exc:  # name the file and frame the user gave
         raise UserError(f"{args.input}: {str(exc).replace('structure ', 'frame ', 1)} (--skip-bad to write it "
                         "unchanged with status 'rejected' and go on)") from exc
-    _write_atomically(args.output, [r.atoms for r in results])
+    from .files import atomic_write_atoms
+
+    atomic_write_atoms(args.output, [r.atoms for r in results])
     counts = {}
     for r in results:
         counts[r.status] = counts.get(r.status, 0) + 1
@@ -171,24 +174,6 @@ def _relax(args) -> int:
         if r.topology.get("changed"):
             print(f"  {args.input} frame {k}: bonds broken {r.topology['broken']}, formed {r.topology['formed']}")
     return 0
-
-
-def _write_atomically(path: str, frames) -> None:
-    """Write next to ``path``, then rename: an interrupted write never leaves half a file, and an
-    input being replaced (--overwrite) was read whole before."""
-    import os
-
-    from ase.io import write
-    from ase.io.formats import filetype
-
-    fmt = filetype(path, read=False)
-    tmp = os.path.join(os.path.dirname(os.path.abspath(path)), f".{os.path.basename(path)}.{os.getpid()}.tmp")
-    try:
-        write(tmp, frames, format=fmt)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _pipeline(args) -> int:
@@ -220,7 +205,9 @@ def _pipeline(args) -> int:
                           physics_params=params, physics_log="-" if args.verbose or args.to == "dft" else None,
                           optimizer=args.optimizer, hessian=args.hessian)
     if args.output:
-        _write_atomically(args.output, [result.atoms])
+        from .files import atomic_write_atoms
+
+        atomic_write_atoms(args.output, [result.atoms])
     print(result.table())
     if args.json:
         from .files import atomic_write_json

@@ -32,6 +32,22 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return path
 
 
+def atomic_write_atoms(path: str | os.PathLike, frames) -> Path:
+    """Structures in the format ASE infers from the name, written to a temporary name and renamed:
+    an interrupted write never leaves half a file (and a replaced input was read whole before)."""
+    from ase.io import write
+    from ase.io.formats import filetype
+
+    path = Path(path)
+    tmp = _tmp(path)
+    try:
+        write(str(tmp), frames, format=filetype(str(path), read=False))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
 def atomic_write_json(path: str | os.PathLike, data, indent: int | None = 2) -> Path:
     """JSON with numpy scalars and arrays converted; ends with a newline."""
     return atomic_write_text(path, json.dumps(data, indent=indent, default=_json_default) + "\n")

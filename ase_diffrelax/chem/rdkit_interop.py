@@ -105,15 +105,6 @@ def strip_counter_ions(smiles: str) -> tuple[str, list[str]]:
     return Chem.MolToSmiles(frags[keep]), [Chem.MolToSmiles(f) for k, f in enumerate(frags) if k != keep]
 
 
-def smiles_heavy_atoms(smiles: str) -> int:
-    """Heavy atoms of a SMILES, without embedding it (for refusing giants before ETKDG)."""
-    Chem = _rdkit()
-    mol = Chem.MolFromSmiles(smiles)
-    if mol is None:
-        raise ValueError(f"RDKit cannot parse SMILES {smiles!r}")
-    return mol.GetNumHeavyAtoms()
-
-
 def atoms_from_smiles(smiles: str, seed: int = 0, mmff: bool = True, *, strip_salts: bool = False,
                       max_heavy_atoms: int | None = None, embed_timeout_s: float = 60.0):
     """ETKDG conformer (+ MMFF94 minimum) of a SMILES as ASE Atoms, hydrogens explicit.

@@ -192,7 +192,6 @@ def _run_geometric(atoms, h0, fmax, max_steps, logfile):
     _require("geometric")
     import logging
 
-    from ase.units import Bohr as bohr_in_angstrom
     from geometric.ase_engine import EngineASE
     from geometric.errors import GeomOptNotConvergedError
     from geometric.internal import DelocalizedInternalCoordinates
@@ -223,7 +222,7 @@ def _run_geometric(atoms, h0, fmax, max_steps, logfile):
             params = OptParams(**kw)
             ic = DelocalizedInternalCoordinates(mol, build=True, connect=False, addcart=False)
             try:
-                progress = Optimize(atoms.positions.ravel() / bohr_in_angstrom, mol, ic, engine, tmp, params,
+                progress = Optimize(atoms.positions.ravel() / Bohr, mol, ic, engine, tmp, params,
                                     print_info=False)
                 atoms.positions = np.asarray(progress.xyzs[-1])
                 nsteps = len(progress) - 1

@@ -279,11 +279,13 @@ def run_pipeline(start, *, stages=("mmff", "diffusion", "xtb"), fmax: float = 0.
         raise ValueError(f"unknown stage(s) {unknown}; choose from {list(STAGES)}")
     if isinstance(start, str) and stages[0] != "mmff":
         raise ValueError("a SMILES start needs 'mmff' as the first stage (it builds the 3D structure)")
+    handoffs = {}
     for s in stages:
-        if s in PHYSICS:
+        if s in PHYSICS and s not in handoffs:
             from .handoff import check_handoff
 
-            check_handoff(*resolve_handoff(s, optimizer, hessian))  # fail before any work
+            handoffs[s] = resolve_handoff(s, optimizer, hessian)
+            check_handoff(*handoffs[s])  # fail before any work
     if diffusion_max_steps is not None:
         from ..core.policy import make_policy
 
@@ -320,8 +322,8 @@ def run_pipeline(start, *, stages=("mmff", "diffusion", "xtb"), fmax: float = 0.
                                          strict=strict)
         else:
             atoms, rep = physics_stage(atoms, stage, fmax=fmax, max_steps=physics_max_steps, trajectory=traj,
-                                       charge=charge, uhf=uhf, logfile=physics_log, optimizer=optimizer,
-                                       hessian=hessian, **(physics_params or {}))
+                                       charge=charge, uhf=uhf, logfile=physics_log, optimizer=handoffs[stage][0],
+                                       hessian=handoffs[stage][1], **(physics_params or {}))
         reports.append(rep)
     if atoms.info.get("relaxed_by") not in PHYSICS:  # only a physics stage's energy and forces describe them
         atoms.calc = None
