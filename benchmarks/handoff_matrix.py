@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -298,8 +299,8 @@ def main(argv=None):
                                    "kcal/mol of the lowest converged final energy over all cells of that molecule",
                    "wall_from_smiles": "MMFF94 + diffusion or xTB pre-optimisation + Hessian + target relaxation, one thread",
                    "n_molecules_selected": len(mols), "starts": starts, "routes": routes,
-                   "command": "python -m benchmarks.handoff_matrix " + " ".join(argv if argv is not None else
-                                                                                __import__("sys").argv[1:])})
+                   "command": "python -m benchmarks.handoff_matrix " + " ".join(
+                       a for a in (argv if argv is not None else sys.argv[1:]) if a not in ("--summary-only", "--markdown"))})
     out = Path(args.out or HERE.parent / "docs" / "results" / f"handoff_matrix_{args.set}_{args.level}.json")
     atomic_write_json(out, result, indent=1)
     print(json.dumps({k: v for k, v in result.items() if k != "cells"}, indent=1))
