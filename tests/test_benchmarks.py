@@ -175,3 +175,5 @@ def test_handoff_matrix_resumes_from_its_cache_and_ranks_routes(tiny_set, tmp_pa
     monkeypatch.setattr("ase_diffrelax.workflows.pipeline.physics_stage", boom)
     second = matrix.main(argv)
     assert second["cells"] == first["cells"]
+    third = matrix.main(argv + ["--summary-only", "--markdown"])  # the JSON keeps the computing command
+    assert third["cells"] == first["cells"] and "--summary-only" not in third["command"]
