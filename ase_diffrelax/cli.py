@@ -189,7 +189,9 @@ def _pipeline(args) -> int:
         start = frames[0]
     stages = [] if args.skip_mmff else ["mmff"]
     stages += [] if args.skip_diffusion else ["diffusion"]
-    stages += [args.to]
+    if args.via_xtb and args.to != "dft":
+        raise UserError("--via-xtb pre-optimises at GFN2-xTB before a DFT stage: use it with --to dft")
+    stages += ["xtb", "dft"] if args.via_xtb else [args.to]
     params = {}
     if args.to == "dft":
         params = {"xc": args.xc, "basis": args.basis, "density_fit": args.density_fit, "threads": args.threads}
@@ -300,6 +302,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--index", default="-1", help="frame of a multi-frame file")
     q.add_argument("--to", choices=["xtb", "dft"], default="xtb", help="physics stage: GFN2-xTB (tblite) or PySCF DFT")
     q.add_argument("--skip-diffusion", action="store_true", help="MMFF94 -> physics only (the baseline)")
+    q.add_argument("--via-xtb", action="store_true",
+                   help="with --to dft: relax at GFN2-xTB first, then at DFT (its initial Hessian is then taken "
+                        "at the xTB minimum); docs/benchmarks.md says when this saves DFT gradients")
     q.add_argument("--skip-mmff", action="store_true", help="start the chain from the file's geometry")
     q.add_argument("--strict", action="store_true",
                    help="fail when the diffusion checkpoint cannot take the molecule (default: skip that stage)")

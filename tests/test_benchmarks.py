@@ -168,6 +168,9 @@ def test_handoff_matrix_resumes_from_its_cache_and_ranks_routes(tiny_set, tmp_pa
     cell = first["cells"]["diffusion/bfgs+xtb"]
     assert cell["hessian_calls_median"] > 0 and cell["calls_incl_hessian_median"] > cell["calls_median"]
     assert first["best_route"] in first["cells"] and not first["best_route_without_diffusion"].startswith("diffusion")
+    via = matrix.main(argv[:-2] + ["--out", str(tmp_path / "v.json"), "--starts", "diffusion-xtb", "--routes", "bfgs"])
+    cell = via["cells"]["diffusion-xtb/bfgs"]  # an xTB minimum handed to xTB: converged at once or nearly
+    assert cell["converged_fraction"] == 1.0 and cell["calls_median"] <= 3
 
     def boom(*a, **k):
         raise AssertionError("recomputed a cached cell")

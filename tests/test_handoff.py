@@ -90,6 +90,24 @@ def test_a_missing_optimizer_extra_is_one_line(monkeypatch, capsys):
     assert len(err) == 1 and "pip install 'ase_diffrelax[sella]'" in err[0]
 
 
+def test_via_xtb_puts_an_xtb_stage_before_dft(monkeypatch, capsys):
+    import ase_diffrelax.workflows.pipeline as pipeline
+    from ase_diffrelax.cli import main
+
+    seen = []
+
+    class Result:
+        def table(self):
+            return "table"
+
+    monkeypatch.setattr(pipeline, "run_pipeline", lambda start, stages, **kw: seen.append(list(stages)) or Result())
+    assert main(["pipeline", "CCO", "--to", "dft", "--via-xtb"]) == 0
+    assert main(["pipeline", "CCO", "--to", "dft", "--skip-diffusion"]) == 0
+    assert seen == [["mmff", "diffusion", "xtb", "dft"], ["mmff", "dft"]]
+    assert main(["pipeline", "CCO", "--to", "xtb", "--via-xtb"]) == 2
+    assert "--to dft" in capsys.readouterr().err
+
+
 def test_auto_takes_the_measured_table():
     table = handoff_defaults()["levels"]
     for level in ("xtb", "dft"):
