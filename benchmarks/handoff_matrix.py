@@ -42,7 +42,8 @@ SAME_MINIMUM_KCAL = 0.3
 def level_tag(args) -> str:
     if args.level == "xtb":
         return "xtb"
-    return f"dft_{args.xc}_{args.basis}{'_df' if args.density_fit else ''}".replace("(", "").replace(")", "").replace(",", "").replace("*", "s")
+    tag = f"dft_{args.xc}_{args.basis}{'_df' if args.density_fit else ''}"
+    return tag.replace("(", "").replace(")", "").replace(",", "").replace("*", "s")
 
 
 def physics_params(args) -> dict:
