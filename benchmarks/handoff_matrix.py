@@ -5,7 +5,7 @@ Starts   mmff        SMILES -> ETKDG -> MMFF94 (QM9: stereo from the reference, 
                      MOSES: the dataset's MMFF94 minimum)
          xtb-preopt  mmff -> GFN2-xTB BFGS (DFT targets only; at the xTB level it is the answer)
          diffusion   mmff -> DiffusionRelax, shipped checkpoint chosen automatically, policy jt
-         diffusion-xtb  diffusion -> GFN2-xTB Sella (DFT targets; `pipeline --to dft --via-xtb`)
+         diffusion-xtb  diffusion -> GFN2-xTB, its auto hand-off (Sella) (DFT targets; `pipeline --to dft --via-xtb`)
 Routes   bfgs, lbfgs, fire, sella, geometric, and <optimizer>+xtb: the GFN2-xTB Hessian at the start
          as the initial Hessian (its gradients are counted apart; at the xTB target they add to
          the target-level count in ``calls_incl_hessian``)
@@ -97,10 +97,10 @@ class Starts:
             atoms, rep = diffusion_stage(mmff, seed=0, policy="jt", strict=True)
             res = (atoms, {"mmff_wall_s": mmff_wall, "pre_wall_s": rep.wall_s, "diffusion_steps": rep.steps,
                            "model": rep.extra["model"], "diffusion_topology_changed": rep.topology["changed"]})
-        elif name == "diffusion-xtb":  # what `pipeline --to dft --via-xtb` does: diffusion, then xTB with Sella
+        elif name == "diffusion-xtb":  # what `pipeline --to dft --via-xtb` does: diffusion, then xTB's auto route
             diffused, d_meta = self.get("diffusion")
             atoms, rep = physics_stage(diffused, "xtb", fmax=self.args.fmax, max_steps=self.args.max_steps,
-                                       optimizer="sella", hessian="identity")
+                                       optimizer="auto", hessian="auto")
             res = (atoms, {**d_meta, "pre_wall_s": d_meta["pre_wall_s"] + rep.wall_s, "pre_xtb_calls": rep.force_calls})
         elif name == "xtb-preopt":
             atoms, rep = physics_stage(mmff, "xtb", fmax=self.args.fmax, max_steps=self.args.max_steps,
