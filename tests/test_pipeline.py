@@ -162,3 +162,29 @@ def test_pipeline_steps_around_a_molecule_far_larger_than_training():
     assert "far more than the largest molecule" in res.stages[1].skipped
     with pytest.warns(UserWarning), pytest.raises(InputError, match="far more"):
         run_pipeline(long_chain, stages=["mmff", "diffusion"], strict=True)
+
+
+def test_gradient_memo_resumes_a_killed_relaxation_from_its_stored_gradients(tmp_path):
+    """A run stopped after 3 steps and run again replays those gradients (inner calculator not
+    called for them) and ends where an uninterrupted run ends, bit for bit."""
+    from ase.calculators.emt import EMT
+    from ase.optimize import BFGS
+
+    from ase_diffrelax.workflows.physics import CountingCalculator, GradientMemo
+
+    def relax(path, steps):
+        atoms = molecule("CH3CH2OH")
+        atoms.rattle(0.05, seed=1)
+        inner = CountingCalculator(EMT())
+        atoms.calc = GradientMemo(inner, path, level="emt")
+        BFGS(atoms, logfile=None).run(fmax=0.05, steps=steps)
+        return atoms, inner.calls, atoms.calc.replayed
+
+    whole, whole_calls, _ = relax(tmp_path / "a.jsonl", 200)
+    _, first_calls, _ = relax(tmp_path / "b.jsonl", 3)
+    resumed, second_calls, replayed = relax(tmp_path / "b.jsonl", 200)
+    assert replayed == first_calls > 0
+    assert first_calls + second_calls == whole_calls
+    assert np.array_equal(resumed.positions, whole.positions)
+    other = GradientMemo(EMT(), tmp_path / "b.jsonl", level="other level")
+    assert other.key(whole) != GradientMemo(EMT(), tmp_path / "b.jsonl", level="emt").key(whole)
