@@ -28,6 +28,7 @@ import numpy as np
 
 from ase_diffrelax.evaluation import KCAL_MOL_PER_EV, model_hash, qm9_mmff_start, select_qm9_molecules
 from ase_diffrelax.files import JsonlStore, atomic_write_json, save_figure
+from benchmarks import cache_tag
 
 HERE = Path(__file__).resolve().parent
 STARTS_XTB = ["mmff", "diffusion", "diffusion-fixed50", "diffusion-fixed20", "reference"]
@@ -217,8 +218,7 @@ def main(argv=None):
     mhash = model_hash(model) if needs_model else None
     tag = args.level + ("" if args.level == "xtb" else f"_{args.basis}{'_df' if args.density_fit else ''}")
     # "stereo": MMFF starts from stereo-complete SMILES (earlier caches used QM9's stereo-free SMILES)
-    cache = JsonlStore(Path(args.cache) / ("stereo_" + tag.replace("(", "").replace(")", "").replace(",", "")
-                                           + ".jsonl"))
+    cache = JsonlStore(Path(args.cache) / f"stereo_{cache_tag(tag)}.jsonl")
     ms, candidates = select_qm9_molecules(args.n, args.max_heavy, args.seed)
     rows, done_mols = {}, 0
     only = {int(q) for q in args.molecules.split(",")} if args.molecules else None

@@ -13,9 +13,9 @@ Routes   bfgs, lbfgs, fire, sella, geometric, and <optimizer>+xtb: the GFN2-xTB 
 Every cell is one JSON line in benchmarks/cache/handoff_matrix_<set>_<level>.jsonl, keyed by
 molecule, start, route (and the checkpoint hash for diffusion starts): resumable, shareable by
 several processes, recomputing nothing that is cached. At the DFT level every gradient is also kept
-(benchmarks/cache/gradients_<set>_<level>.jsonl), so a cell killed mid-way replays them when it is
-run again and goes on from there (its wall time counts the replayed gradients' first cost). At the DFT level the plain BFGS cells of
-benchmarks/handoff.py's cache are reused (same starts, same BFGS).
+(benchmarks/cache/gradients_<set>_<level>.jsonl): a cell killed mid-way replays them when it is run
+again and goes on from there (its wall time counts what the replayed gradients first cost), and the
+plain BFGS cells of benchmarks/handoff.py's cache are reused (same starts, same BFGS).
 
     python -m benchmarks.handoff_matrix --set qm9 --level xtb --n 200
     python -m benchmarks.handoff_matrix --set moses --level xtb --n 300
@@ -35,6 +35,7 @@ import numpy as np
 
 from ase_diffrelax.evaluation import KCAL_MOL_PER_EV
 from ase_diffrelax.files import JsonlStore, atomic_write_json
+from benchmarks import cache_tag
 
 HERE = Path(__file__).resolve().parent
 ROUTES = ["bfgs", "sella", "geometric", "bfgs+xtb", "sella+xtb"]
@@ -45,7 +46,7 @@ def level_tag(args) -> str:
     if args.level == "xtb":
         return "xtb"
     tag = f"dft_{args.xc}_{args.basis}{'_df' if args.density_fit else ''}"
-    return tag.replace("(", "").replace(")", "").replace(",", "").replace("*", "s")
+    return cache_tag(tag)
 
 
 def physics_params(args) -> dict:
@@ -154,8 +155,8 @@ def run_cell(args, starts: Starts, start: str, route: str) -> dict:
         hessian = lambda _atoms: h0  # noqa: E731 (already projected and positive definite)
     memo = None
     if args.level == "dft":  # a cell of hours resumes from its stored gradients after a kill
-        from ase_diffrelax.workflows.pipeline import electronic_state, make_physics_calculator
         from ase_diffrelax.workflows.physics import GradientMemo
+        from ase_diffrelax.workflows.pipeline import electronic_state, make_physics_calculator
 
         q, u = electronic_state(atoms)
         memo = GradientMemo(make_physics_calculator("dft", q, u, **physics_params(args)),
