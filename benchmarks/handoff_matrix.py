@@ -40,6 +40,7 @@ from benchmarks import cache_tag
 HERE = Path(__file__).resolve().parent
 ROUTES = ["bfgs", "sella", "geometric", "bfgs+xtb", "sella+xtb"]
 SAME_MINIMUM_KCAL = 0.3
+PRESENTATION_FLAGS = ("--summary-only", "--markdown", "--verbose")  # left out of the recorded command
 
 
 def level_tag(args) -> str:
@@ -162,7 +163,8 @@ def run_cell(args, starts: Starts, start: str, route: str) -> dict:
         memo = GradientMemo(make_physics_calculator("dft", q, u, **physics_params(args)),
                             Path(args.cache) / f"gradients_{args.set}_{level_tag(args)}.jsonl", level=level_tag(args))
     final, rep = physics_stage(atoms, args.level, fmax=args.fmax, max_steps=args.max_steps, optimizer=optimizer,
-                               hessian=hessian, calc=memo, **({} if memo else physics_params(args)))
+                               hessian=hessian, calc=memo, logfile="-" if args.verbose else None,
+                               **({} if memo else physics_params(args)))
     mmff = starts.get("mmff")[0]
     replayed_wall = memo.replayed_wall_s if memo else 0.0
     return {"calls": rep.force_calls, "steps": rep.steps, "converged": rep.converged, "e_start": rep.energy_start_eV,
@@ -243,6 +245,7 @@ def main(argv=None):
     p.add_argument("--max-heavy", type=int, default=None, help="QM9: only molecules up to this many heavy atoms")
     p.add_argument("--data", default="data/moses_xtb/dataset.npz")
     p.add_argument("--parts", default="test", help="MOSES parts, comma list (test, test_scaffolds)")
+    p.add_argument("--molecules", default=None, help="comma list of molecule ids (of the selected ones), in this order")
     p.add_argument("--starts", default=None, help="comma list; default mmff,diffusion (+xtb-preopt for dft)")
     p.add_argument("--routes", default=",".join(ROUTES), help="comma list of optimizer[+xtb]")
     p.add_argument("--order", choices=["molecule", "cell"], default="molecule",
@@ -256,6 +259,7 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cache", default=str(HERE / "cache"))
     p.add_argument("--out", default=None, help="JSON (default docs/results/handoff_matrix_<set>_<level>.json)")
+    p.add_argument("--verbose", action="store_true", help="print the optimizer's log, one line per step (DFT cells)")
     p.add_argument("--summary-only", action="store_true", help="tabulate the cache, compute nothing")
     p.add_argument("--markdown", action="store_true", help="print the cells as a markdown table (docs/benchmarks.md)")
     args = p.parse_args(argv)
@@ -290,6 +294,12 @@ def main(argv=None):
         return k
 
     mols = molecules(args)
+    if args.molecules:  # a subset, in the order given (a long cell last)
+        by_id = {str(m[0]): m for m in mols}
+        unknown = [i for i in args.molecules.split(",") if i not in by_id]
+        if unknown:
+            p.error(f"--molecules {','.join(unknown)}: not among the {len(mols)} selected molecules")
+        mols = [by_id[i] for i in args.molecules.split(",")]
     rows = {}
     order = [(m, c) for c in cells for m in mols] if args.order == "cell" else [(m, c) for m in mols for c in cells]
     per_mol_starts = {}
@@ -320,7 +330,7 @@ def main(argv=None):
                    "wall_from_smiles": "MMFF94 + diffusion or xTB pre-optimisation + Hessian + target relaxation, one thread",
                    "n_molecules_selected": len(mols), "starts": starts, "routes": routes,
                    "command": "python -m benchmarks.handoff_matrix " + " ".join(
-                       a for a in (argv if argv is not None else sys.argv[1:]) if a not in ("--summary-only", "--markdown"))})
+                       a for a in (argv if argv is not None else sys.argv[1:]) if a not in PRESENTATION_FLAGS)})
     out = Path(args.out or HERE.parent / "docs" / "results" / f"handoff_matrix_{args.set}_{args.level}.json")
     atomic_write_json(out, result, indent=1)
     print(json.dumps({k: v for k, v in result.items() if k != "cells"}, indent=1))
