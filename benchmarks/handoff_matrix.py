@@ -224,6 +224,38 @@ def summarize(rows: dict, mols: list, cells: list[tuple[str, str]], level: str) 
             "best_over_best_without_diffusion_per_molecule_median": ratio, "cells": out}
 
 
+def per_molecule(rows: dict, mols: list, cells: list[tuple[str, str]]) -> dict:
+    """Every finished cell per molecule (also of molecules with cells missing): the long DFT runs
+    are read one molecule at a time."""
+    out = {}
+    for m in mols:
+        have = {f"{s}/{r}": rows[(m, s, r)] for s, r in cells if (m, s, r) in rows}
+        if not have:
+            continue
+        e_min = min(x["e_end"] for x in have.values())
+        out[m] = {"smiles": next(iter(have.values())).get("smiles"), "n_atoms": next(iter(have.values()))["n_atoms"],
+                  "cells": {k: {"calls": x["calls"], "hessian_calls": x["hessian_calls"], "converged": x["converged"],
+                                "above_lowest_kcal": (x["e_end"] - e_min) * KCAL_MOL_PER_EV,
+                                "wall_min": np.nansum([x.get("pre_wall_s") or 0.0, x["hessian_wall_s"],
+                                                       x["physics_wall_s"]]) / 60}
+                            for k, x in have.items()}}
+    return out
+
+
+def per_molecule_markdown(result: dict) -> str:
+    names = [f"{s}/{r}" for s, r in zip(result["cell_starts"], result["cell_routes"])]
+    lines = ["| molecule | atoms | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
+    for m, d in result["per_molecule"].items():
+        row = []
+        for n in names:
+            c = d["cells"].get(n)
+            row.append("-" if c is None else
+                       f"{c['calls']}{'' if c['converged'] else ' (not converged)'} (+{c['hessian_calls']}), "
+                       f"{c['wall_min']:.0f} min, +{c['above_lowest_kcal']:.1f} kcal/mol")
+        lines.append(f"| {m} `{d['smiles']}` | {d['n_atoms']} | " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
 def markdown_table(result: dict) -> str:
     xtb = result["level"] == "xtb"
     head = ("| start / hand-off | n | median target calls | + Hessian calls | converged | same minimum | "
@@ -324,6 +356,8 @@ def main(argv=None):
         if args.order == "molecule" and (s, r) == cells[-1]:
             per_mol_starts.pop(mol_id, None)
     result = summarize(rows, [m[0] for m in mols], cells, args.level)
+    result.update(cell_starts=[s for s, _ in cells], cell_routes=[r for _, r in cells],
+                  per_molecule=per_molecule(rows, [m[0] for m in mols], cells))
     result.update({"set": args.set, "level": tag, "fmax": args.fmax, "physics": physics_params(args),
                    "same_minimum": f"converged, bond graph of the SMILES kept, final energy within {SAME_MINIMUM_KCAL} "
                                    "kcal/mol of the lowest converged final energy over all cells of that molecule",
@@ -336,6 +370,9 @@ def main(argv=None):
     print(json.dumps({k: v for k, v in result.items() if k != "cells"}, indent=1))
     if args.markdown:
         print(markdown_table(result))
+        print("\nper molecule: DFT or xTB calls (+ Hessian's xTB gradients), minutes of one core after MMFF94, "
+              "final energy above the molecule's lowest\n")
+        print(per_molecule_markdown(result))
     for name, c in result["cells"].items():
         print(f"{name:28s} n={c['n']:3d} calls {c['calls_median']:6.1f} +H {c['hessian_calls_median']:5.0f} "
               f"conv {c['converged_fraction']:.2f} same-min {c['same_minimum_fraction']:.2f} "
