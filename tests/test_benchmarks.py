@@ -180,3 +180,7 @@ def test_handoff_matrix_resumes_from_its_cache_and_ranks_routes(tiny_set, tmp_pa
     assert second["cells"] == first["cells"]
     third = matrix.main(argv + ["--summary-only", "--markdown"])  # the JSON keeps the computing command
     assert third["cells"] == first["cells"] and "--summary-only" not in third["command"]
+    one = third["per_molecule"][first_id := next(iter(third["per_molecule"]))]["cells"]
+    assert set(one) == set(first["cells"]) and min(c["above_lowest_kcal"] for c in one.values()) == 0.0
+    subset = matrix.main(argv + ["--summary-only", "--molecules", str(first_id)])
+    assert list(subset["per_molecule"]) == [first_id] and subset["n_complete"] == 1
