@@ -327,7 +327,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--charge", type=int, default=None, help="total charge (default: from the SMILES or the file)")
     q.add_argument("--uhf", "--spin", dest="uhf", type=int, default=None,
                    help="unpaired electrons (default: 0, or 1 for an odd electron count)")
-    q.add_argument("--xc", default="b3lyp", help="DFT functional")
+    q.add_argument("--xc", default="b3lyp", help="DFT functional, with a dispersion correction as PySCF names it "
+                   "(b3lyp-d3bj)")
     q.add_argument("--basis", default="6-31g(2df,p)", help="DFT basis (QM9's level by default)")
     q.add_argument("--density-fit", action="store_true", help="DFT with density fitting (about 3x faster)")
     q.add_argument("--threads", type=int, default=None, help="DFT threads")

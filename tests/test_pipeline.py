@@ -8,12 +8,13 @@ from ase.build import molecule
 pyscf = pytest.importorskip("pyscf")
 
 
-def test_pyscf_forces_match_finite_differences():
+@pytest.mark.parametrize("xc", ["b3lyp", "b3lyp-d3bj"])
+def test_pyscf_forces_match_finite_differences(xc):
     from ase_diffrelax.workflows.physics import PySCFCalculator
 
     atoms = molecule("H2O")
     atoms.positions[0] += [0.02, -0.03, 0.01]
-    atoms.calc = PySCFCalculator(xc="b3lyp", basis="sto-3g", conv_tol=1e-11)
+    atoms.calc = PySCFCalculator(xc=xc, basis="sto-3g", conv_tol=1e-11)
     f = atoms.get_forces()
     assert abs(f.sum(0)).max() < 0.01
     h = 1e-3
