@@ -162,6 +162,7 @@ class GradientMemo(Calculator):
             t0 = time.perf_counter()
             e = float(self.inner.get_property("energy", self.atoms))
             f = np.asarray(self.inner.get_property("forces", self.atoms), dtype=float)
-            self.store.add(k, {"level": self.level, "n_atoms": len(self.atoms), "energy": e,
+            self.store.add(k, {"level": self.level, "numbers": self.atoms.numbers.tolist(),
+                               "positions": self.atoms.positions.tolist(), "energy": e,
                                "forces": f.tolist(), "wall_s": time.perf_counter() - t0})
         self.results = {"energy": e, "free_energy": e, "forces": f}
