@@ -5,7 +5,9 @@ Starts   mmff        SMILES -> ETKDG -> MMFF94 (QM9: stereo from the reference, 
                      MOSES: the dataset's MMFF94 minimum)
          xtb-preopt  mmff -> GFN2-xTB BFGS (DFT targets only; at the xTB level it is the answer)
          diffusion   mmff -> DiffusionRelax, shipped checkpoint chosen automatically, policy jt
-         diffusion-xtb  diffusion -> GFN2-xTB, its auto hand-off (Sella) (DFT targets; `pipeline --to dft --via-xtb`)
+         diffusion-xtb  diffusion -> GFN2-xTB by the route `pipeline --to dft --via-xtb` takes for an xTB stage
+                     before DFT (handoff_defaults.json 'xtb_before_dft': ASE BFGS)
+         diffusion-xtb-sella  diffusion -> GFN2-xTB by Sella (what --via-xtb did before 'xtb_before_dft')
 Routes   bfgs, lbfgs, fire, sella, geometric, and <optimizer>+xtb: the GFN2-xTB Hessian at the start
          as the initial Hessian (its gradients are counted apart; at the xTB target they add to
          the target-level count in ``calls_incl_hessian``)
@@ -90,7 +92,7 @@ class Starts:
         self.args, self.mol, self._cache, self._hess = args, mol, {}, {}
 
     def get(self, name):
-        from ase_diffrelax.workflows.pipeline import diffusion_stage, physics_stage
+        from ase_diffrelax.workflows.pipeline import diffusion_stage, handoff_level, physics_stage, resolve_handoff
 
         if name in self._cache:
             return self._cache[name]
@@ -101,10 +103,11 @@ class Starts:
             atoms, rep = diffusion_stage(mmff, seed=0, policy="jt", strict=True)
             res = (atoms, {"mmff_wall_s": mmff_wall, "pre_wall_s": rep.wall_s, "diffusion_steps": rep.steps,
                            "model": rep.extra["model"], "diffusion_topology_changed": rep.topology["changed"]})
-        elif name == "diffusion-xtb":  # what `pipeline --to dft --via-xtb` does: diffusion, then xTB's auto route
+        elif name in ("diffusion-xtb", "diffusion-xtb-sella"):  # `pipeline --to dft --via-xtb`
             diffused, d_meta = self.get("diffusion")
+            route = resolve_handoff(handoff_level("xtb", ["xtb", "dft"])) if name == "diffusion-xtb" else ("sella", "identity")
             atoms, rep = physics_stage(diffused, "xtb", fmax=self.args.fmax, max_steps=self.args.max_steps,
-                                       optimizer="auto", hessian="auto")
+                                       optimizer=route[0], hessian=route[1])
             res = (atoms, {**d_meta, "pre_wall_s": d_meta["pre_wall_s"] + rep.wall_s, "pre_xtb_calls": rep.force_calls})
         elif name == "xtb-preopt":
             atoms, rep = physics_stage(mmff, "xtb", fmax=self.args.fmax, max_steps=self.args.max_steps,
@@ -316,7 +319,7 @@ def main(argv=None):
 
     def key(mol_id, start, route, mol):
         k = f"{mol_id}_{start}_{route}"
-        if start == "diffusion":
+        if start.startswith("diffusion"):  # its start depends on the checkpoint
             from ase_diffrelax.core.checkpoint import choose_model
 
             name = choose_model([mol[2]])

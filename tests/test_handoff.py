@@ -110,7 +110,7 @@ def test_via_xtb_puts_an_xtb_stage_before_dft(monkeypatch, capsys):
 
 def test_auto_takes_the_measured_table():
     table = handoff_defaults()["levels"]
-    for level in ("xtb", "dft"):
+    for level in ("xtb", "xtb_before_dft", "dft"):
         opt, hess = resolve_handoff(level, "auto", "auto")
         assert (opt, hess) == (table[level]["optimizer"], table[level]["hessian"])
         assert table[level]["evidence"]
@@ -131,3 +131,26 @@ def test_the_pipeline_runs_the_measured_default_route(nma):
     opt, hess = resolve_handoff("xtb")
     assert res.stages[0].optimizer == opt and res.stages[0].converged
     assert (res.stages[0].hessian is not None) == (hess != "identity")
+
+
+def test_an_xtb_stage_before_dft_takes_its_own_measured_route(nma, monkeypatch):
+    """--via-xtb: the xTB stage is chosen for the DFT calls after it ('xtb_before_dft'), not for
+    its own xTB calls ('xtb'); an explicit optimizer still applies to every stage."""
+    import ase_diffrelax.workflows.pipeline as pipeline
+
+    assert pipeline.handoff_level("xtb", ["mmff", "diffusion", "xtb", "dft"]) == "xtb_before_dft"
+    assert pipeline.handoff_level("xtb", ["mmff", "diffusion", "xtb"]) == "xtb"
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def first_physics_stage(atoms, kind, **kw):
+        seen.append((kind, kw["optimizer"], kw["hessian"]))
+        raise Stop
+
+    monkeypatch.setattr(pipeline, "physics_stage", first_physics_stage)
+    for optimizer in ("auto", "fire"):
+        with pytest.raises(Stop):
+            pipeline.run_pipeline(nma, stages=("xtb", "dft"), optimizer=optimizer, hessian="identity")
+    assert seen == [("xtb", *resolve_handoff("xtb_before_dft", "auto", "identity")), ("xtb", "fire", "identity")]

@@ -58,8 +58,9 @@ class PySCFCalculator(Calculator):
     Default level B3LYP/6-31G(2df,p), the level of the QM9 reference geometries (PySCF's
     "b3lyp" uses VWN-RPA like Gaussian). ``density_fit=True`` uses RI-J/K (about 3x faster,
     a small, consistent energy shift). A dispersion correction goes with the functional's name,
-    ``xc="b3lyp-d3bj"`` (pyscf-dispersion, in the ``dft`` extra); its gradient is included. The SCF of each call starts from the previous density
-    (PySCF's gradient scanner), which saves cycles between steps of one relaxation.
+    ``xc="b3lyp-d3bj"`` (pyscf-dispersion, in the ``dft`` extra); its gradient is included. The SCF
+    of each call starts from the previous density (PySCF's gradient scanner), which saves cycles
+    between steps of one relaxation.
     """
 
     implemented_properties = ["energy", "free_energy", "forces"]

@@ -245,6 +245,15 @@ def resolve_handoff(kind: str, optimizer: str = "auto", hessian="auto") -> tuple
     return best
 
 
+def handoff_level(stage: str, stages) -> str:
+    """The row of ``handoff_defaults.json`` for a physics stage: an xTB stage that feeds a DFT stage
+    is judged by the DFT gradients after it, not by its own (cheap) xTB calls."""
+    stages = list(stages)
+    if stage == "xtb" and "dft" in stages[stages.index(stage) + 1:]:
+        return "xtb_before_dft"
+    return stage
+
+
 def handoff_defaults() -> dict:
     import json
     from pathlib import Path
@@ -286,7 +295,7 @@ def run_pipeline(start, *, stages=("mmff", "diffusion", "xtb"), fmax: float = 0.
         if s in PHYSICS and s not in handoffs:
             from .handoff import check_handoff
 
-            handoffs[s] = resolve_handoff(s, optimizer, hessian)
+            handoffs[s] = resolve_handoff(handoff_level(s, stages), optimizer, hessian)
             check_handoff(*handoffs[s])  # fail before any work
     if diffusion_max_steps is not None:
         from ..core.policy import make_policy
