@@ -303,8 +303,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--to", choices=["xtb", "dft"], default="xtb", help="physics stage: GFN2-xTB (tblite) or PySCF DFT")
     q.add_argument("--skip-diffusion", action="store_true", help="MMFF94 -> physics only (the baseline)")
     q.add_argument("--via-xtb", action="store_true",
-                   help="with --to dft: relax at GFN2-xTB first, then at DFT (its initial Hessian is then taken "
-                        "at the xTB minimum); docs/benchmarks.md says when this saves DFT gradients")
+                   help="with --to dft: relax at GFN2-xTB first (by default ASE BFGS, which keeps the start's "
+                        "conformer), then at DFT from the xTB Hessian there; the measured route for drug-like "
+                        "molecules (docs/benchmarks.md)")
     q.add_argument("--skip-mmff", action="store_true", help="start the chain from the file's geometry")
     q.add_argument("--strict", action="store_true",
                    help="fail when the diffusion checkpoint cannot take the molecule (default: skip that stage)")

@@ -275,7 +275,8 @@ def run_pipeline(start, *, stages=("mmff", "diffusion", "xtb"), fmax: float = 0.
     ``"geometric"``; ``"identity"``, ``"xtb"`` or f(atoms) -> 3N x 3N eV/A^2); ``"auto"`` takes the
     measured fastest route for the level (``handoff_defaults.json``, docs/benchmarks.md). For drug-like
     molecules at DFT put ``"xtb"`` before ``"dft"``: so far the measured drug-like DFT route starts from
-    an xTB minimum with the xTB Hessian there (docs/benchmarks.md).
+    an xTB minimum with the xTB Hessian there (docs/benchmarks.md); ``"auto"`` then relaxes that xTB
+    stage by its own measured route (``xtb_before_dft``), not by the xTB-target one.
     ``strip_salts``: a multi-fragment SMILES keeps its largest fragment (recorded in the MMFF stage's
     report and warned about); False refuses it. ``diffusion_max_steps`` caps model evaluations
     (default: the policy's, 100 for jt); ``physics_max_steps`` never reaches the diffusion stage.
