@@ -163,8 +163,9 @@ def run_cell(args, starts: Starts, start: str, route: str) -> dict:
         from ase_diffrelax.workflows.pipeline import electronic_state, make_physics_calculator
 
         q, u = electronic_state(atoms)
+        tag = level_tag(args)
         memo = GradientMemo(make_physics_calculator("dft", q, u, **physics_params(args)),
-                            Path(args.cache) / f"gradients_{args.set}_{level_tag(args)}.jsonl", level=level_tag(args))
+                            Path(args.cache) / f"gradients_{args.set}_{tag}.jsonl", level=tag)
     final, rep = physics_stage(atoms, args.level, fmax=args.fmax, max_steps=args.max_steps, optimizer=optimizer,
                                hessian=hessian, calc=memo, logfile="-" if args.verbose else None,
                                **({} if memo else physics_params(args)))
@@ -236,7 +237,8 @@ def per_molecule(rows: dict, mols: list, cells: list[tuple[str, str]]) -> dict:
         if not have:
             continue
         e_min = min(x["e_end"] for x in have.values())
-        out[m] = {"smiles": next(iter(have.values())).get("smiles"), "n_atoms": next(iter(have.values()))["n_atoms"],
+        any_cell = next(iter(have.values()))
+        out[m] = {"smiles": any_cell.get("smiles"), "n_atoms": any_cell["n_atoms"],
                   "cells": {k: {"calls": x["calls"], "hessian_calls": x["hessian_calls"], "converged": x["converged"],
                                 "above_lowest_kcal": (x["e_end"] - e_min) * KCAL_MOL_PER_EV,
                                 "wall_min": np.nansum([x.get("pre_wall_s") or 0.0, x["hessian_wall_s"],
