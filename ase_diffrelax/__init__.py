@@ -27,6 +27,7 @@ _EXPORTS = {
     "InputError": "core.validate",
     "atoms_from_smiles": "chem.rdkit_interop",
     "run_pipeline": "workflows.pipeline",
+    "default_stages": "workflows.pipeline",
     "tune_allocator": "core.allocator",
 }
 __all__ = sorted(_EXPORTS)

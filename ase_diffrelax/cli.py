@@ -179,7 +179,7 @@ def _relax(args) -> int:
 def _pipeline(args) -> int:
     import os
 
-    from .workflows.pipeline import run_pipeline
+    from .workflows.pipeline import default_stages, run_pipeline
 
     start = args.start
     if os.path.exists(start):
@@ -187,11 +187,10 @@ def _pipeline(args) -> int:
         if len(frames) > 1:
             raise UserError(f"{start}: {len(frames)} frames; the pipeline takes one structure (use --index)")
         start = frames[0]
-    stages = [] if args.skip_mmff else ["mmff"]
-    stages += [] if args.skip_diffusion else ["diffusion"]
     if args.via_xtb and args.to != "dft":
         raise UserError("--via-xtb pre-optimises at GFN2-xTB before a DFT stage: use it with --to dft")
-    stages += ["xtb", "dft"] if args.via_xtb else [args.to]
+    stages = default_stages(args.to, diffusion=not args.skip_diffusion, mmff=not args.skip_mmff,
+                            via_xtb=args.via_xtb if args.to == "dft" else False)
     params = {}
     if args.to == "dft":
         params = {"xc": args.xc, "basis": args.basis, "density_fit": args.density_fit, "threads": args.threads}
@@ -301,11 +300,12 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("start", help="a SMILES string or an ASE-readable file")
     q.add_argument("--index", default="-1", help="frame of a multi-frame file")
     q.add_argument("--to", choices=["xtb", "dft"], default="xtb", help="physics stage: GFN2-xTB (tblite) or PySCF DFT")
-    q.add_argument("--skip-diffusion", action="store_true", help="MMFF94 -> physics only (the baseline)")
-    q.add_argument("--via-xtb", action="store_true",
-                   help="with --to dft: relax at GFN2-xTB first (by default ASE BFGS, which keeps the start's "
-                        "conformer), then at DFT from the xTB Hessian there; the measured route for drug-like "
-                        "molecules (docs/benchmarks.md)")
+    q.add_argument("--skip-diffusion", action="store_true", help="no diffusion stage: the route without us, for comparison "
+                        "(--to dft still goes via xTB unless --no-via-xtb)")
+    q.add_argument("--via-xtb", action=argparse.BooleanOptionalAction, default=None,
+                   help="with --to dft: relax at GFN2-xTB first (ASE BFGS, which keeps the start's conformer), "
+                        "then at DFT from the xTB Hessian there; on by default, the measured fastest DFT route "
+                        "(docs/benchmarks.md); --no-via-xtb hands the start straight to DFT")
     q.add_argument("--skip-mmff", action="store_true", help="start the chain from the file's geometry")
     q.add_argument("--strict", action="store_true",
                    help="fail when the diffusion checkpoint cannot take the molecule (default: skip that stage)")

@@ -285,6 +285,8 @@ def main(argv=None):
     p.add_argument("--molecules", default=None, help="comma list of molecule ids (of the selected ones), in this order")
     p.add_argument("--starts", default=None, help="comma list; default mmff,diffusion (+xtb-preopt for dft)")
     p.add_argument("--routes", default=",".join(ROUTES), help="comma list of optimizer[+xtb]")
+    p.add_argument("--extra-cells", default="",
+                   help="comma list of start/route cells beyond starts x routes, e.g. diffusion-xtb/bfgs+xtb")
     p.add_argument("--order", choices=["molecule", "cell"], default="molecule",
                    help="cell: finish one (start, route) over all molecules before the next (long DFT runs)")
     p.add_argument("--fmax", type=float, default=0.03)
@@ -312,6 +314,11 @@ def main(argv=None):
     starts = args.starts.split(",") if args.starts else default_starts
     routes = args.routes.split(",")
     cells = [(s, r) for r in routes for s in starts]
+    for cell in filter(None, args.extra_cells.split(",")):
+        s_, sep, r_ = cell.partition("/")
+        if not sep or not s_ or not r_:
+            p.error(f"--extra-cells {cell!r}: write start/route, e.g. diffusion-xtb/bfgs+xtb")
+        cells += [(s_, r_)] if (s_, r_) not in cells else []
     cache = JsonlStore(Path(args.cache) / f"handoff_matrix_{args.set}_{tag}.jsonl")
     legacy = None
     if args.level == "dft":

@@ -101,11 +101,29 @@ def test_via_xtb_puts_an_xtb_stage_before_dft(monkeypatch, capsys):
             return "table"
 
     monkeypatch.setattr(pipeline, "run_pipeline", lambda start, stages, **kw: seen.append(list(stages)) or Result())
-    assert main(["pipeline", "CCO", "--to", "dft", "--via-xtb"]) == 0
-    assert main(["pipeline", "CCO", "--to", "dft", "--skip-diffusion"]) == 0
-    assert seen == [["mmff", "diffusion", "xtb", "dft"], ["mmff", "dft"]]
+    for flags in (["--via-xtb"], ["--no-via-xtb"], ["--no-via-xtb", "--skip-diffusion"], [], ["--skip-diffusion"]):
+        assert main(["pipeline", "CCO", "--to", "dft", *flags]) == 0
+    via_by_default = handoff_defaults()["levels"]["dft"]["via_xtb"]
+    xtb = ["xtb"] if via_by_default else []
+    assert seen == [["mmff", "diffusion", "xtb", "dft"], ["mmff", "diffusion", "dft"], ["mmff", "dft"],
+                    ["mmff", "diffusion", *xtb, "dft"], ["mmff", *xtb, "dft"]]
+    assert main(["pipeline", "CCO", "--to", "xtb"]) == 0 and seen[-1] == ["mmff", "diffusion", "xtb"]
     assert main(["pipeline", "CCO", "--to", "xtb", "--via-xtb"]) == 2
     assert "--to dft" in capsys.readouterr().err
+
+
+def test_default_stages_follow_the_measured_table():
+    from ase_diffrelax.workflows.pipeline import default_stages
+
+    table = handoff_defaults()["levels"]
+    assert isinstance(table["dft"]["via_xtb"], bool) and table["dft"]["via_xtb_evidence"]
+    assert default_stages("dft") == ["mmff", "diffusion"] + (["xtb"] if table["dft"]["via_xtb"] else []) + ["dft"]
+    assert default_stages("dft", via_xtb=False, diffusion=False) == ["mmff", "dft"]
+    assert default_stages("xtb") == ["mmff", "diffusion", "xtb"]
+    with pytest.raises(ValueError, match="to='dft'"):
+        default_stages("xtb", via_xtb=True)
+    with pytest.raises(ValueError, match="unknown target level"):
+        default_stages("mp2")
 
 
 def test_auto_takes_the_measured_table():

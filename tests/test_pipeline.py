@@ -189,3 +189,24 @@ def test_gradient_memo_resumes_a_killed_relaxation_from_its_stored_gradients(tmp
     assert np.array_equal(resumed.positions, whole.positions)
     other = GradientMemo(EMT(), tmp_path / "b.jsonl", level="other level")
     assert other.key(whole) != GradientMemo(EMT(), tmp_path / "b.jsonl", level="emt").key(whole)
+
+
+def test_the_dft_example_runs_the_default_route(tmp_path):
+    """examples/handoff_dft.py as a user runs it (real checkpoint, cheap basis): the default DFT route."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from ase.io import read
+
+    from ase_diffrelax.workflows.pipeline import default_stages
+
+    pytest.importorskip("tblite")
+    script = Path(__file__).resolve().parents[1] / "examples" / "handoff_dft.py"
+    out = subprocess.run([sys.executable, str(script), "O", "--basis", "sto-3g", "--threads", "1"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    final = read(tmp_path / "out" / "handoff_dft_final.extxyz")
+    assert final.info["relaxed_by"] == "dft" and abs(final.get_forces()).max() < 0.03
+    for k, stage in enumerate(default_stages("dft")):
+        assert (tmp_path / "out" / f"handoff_dft_{k}_{stage}.traj").exists(), stage

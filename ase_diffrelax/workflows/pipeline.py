@@ -254,6 +254,19 @@ def handoff_level(stage: str, stages) -> str:
     return stage
 
 
+def default_stages(to: str, *, diffusion: bool = True, mmff: bool = True, via_xtb: bool | None = None) -> list[str]:
+    """The stages ``ase-diffrelax pipeline --to`` runs. ``via_xtb=None``: the level's measured choice
+    (``"via_xtb"`` in ``handoff_defaults.json``): whether a GFN2-xTB stage before the target saves target
+    gradients."""
+    if to not in PHYSICS:
+        raise ValueError(f"unknown target level {to!r}; choose from {list(PHYSICS)}")
+    if via_xtb is None:
+        via_xtb = bool(handoff_defaults()["levels"].get(to, {}).get("via_xtb", False))
+    elif via_xtb and to != "dft":
+        raise ValueError("via_xtb pre-optimises at GFN2-xTB before a DFT stage: use it with to='dft'")
+    return (["mmff"] if mmff else []) + (["diffusion"] if diffusion else []) + (["xtb"] if via_xtb else []) + [to]
+
+
 def handoff_defaults() -> dict:
     import json
     from pathlib import Path
@@ -273,10 +286,9 @@ def run_pipeline(start, *, stages=("mmff", "diffusion", "xtb"), fmax: float = 0.
     ``physics_log``: a file or "-" for the optimizer's per-step log (DFT steps take minutes).
     ``optimizer``/``hessian``: the physics hand-off (``"bfgs"``, ``"lbfgs"``, ``"fire"``, ``"sella"``,
     ``"geometric"``; ``"identity"``, ``"xtb"`` or f(atoms) -> 3N x 3N eV/A^2); ``"auto"`` takes the
-    measured fastest route for the level (``handoff_defaults.json``, docs/benchmarks.md). For drug-like
-    molecules at DFT put ``"xtb"`` before ``"dft"``: so far the measured drug-like DFT route starts from
-    an xTB minimum with the xTB Hessian there (docs/benchmarks.md); ``"auto"`` then relaxes that xTB
-    stage by its own measured route (``xtb_before_dft``), not by the xTB-target one.
+    measured fastest route for the level (``handoff_defaults.json``, docs/benchmarks.md). For DFT,
+    ``stages=default_stages("dft")`` is what the CLI runs: an ``"xtb"`` stage before ``"dft"``, which
+    ``"auto"`` relaxes by its own measured route (``xtb_before_dft``), not by the xTB-target one.
     ``strip_salts``: a multi-fragment SMILES keeps its largest fragment (recorded in the MMFF stage's
     report and warned about); False refuses it. ``diffusion_max_steps`` caps model evaluations
     (default: the policy's, 100 for jt); ``physics_max_steps`` never reaches the diffusion stage.
