@@ -300,7 +300,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("start", help="a SMILES string or an ASE-readable file")
     q.add_argument("--index", default="-1", help="frame of a multi-frame file")
     q.add_argument("--to", choices=["xtb", "dft"], default="xtb", help="physics stage: GFN2-xTB (tblite) or PySCF DFT")
-    q.add_argument("--skip-diffusion", action="store_true", help="no diffusion stage: the route without us, for comparison "
+    q.add_argument("--skip-diffusion", action="store_true",
+                   help="no diffusion stage: the route without us, for comparison "
                         "(--to dft still goes via xTB unless --no-via-xtb)")
     q.add_argument("--via-xtb", action=argparse.BooleanOptionalAction, default=None,
                    help="with --to dft: relax at GFN2-xTB first (ASE BFGS, which keeps the start's conformer), "
