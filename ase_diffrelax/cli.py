@@ -190,7 +190,7 @@ def _pipeline(args) -> int:
     if args.via_xtb and args.to != "dft":
         raise UserError("--via-xtb pre-optimises at GFN2-xTB before a DFT stage: use it with --to dft")
     stages = default_stages(args.to, diffusion=not args.skip_diffusion, mmff=not args.skip_mmff,
-                            via_xtb=args.via_xtb if args.to == "dft" else False)
+                            via_xtb=args.via_xtb)
     params = {}
     if args.to == "dft":
         params = {"xc": args.xc, "basis": args.basis, "density_fit": args.density_fit, "threads": args.threads}
