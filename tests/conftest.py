@@ -25,7 +25,8 @@ def small_molecules():
 def tiny_model(tmp_path_factory):
     from ase_diffrelax.chem.rdkit_interop import mmff_from_reference
     from ase_diffrelax.training.data import MoleculeSet
-    from ase_diffrelax.training.trainer import TrainConfig, Trainer, TrainingData
+    from ase_diffrelax.training.noising import TrainingData
+    from ase_diffrelax.training.trainer import TrainConfig, Trainer
 
     mols = small_molecules()
     ms = MoleculeSet.from_atoms_list(mols)

@@ -6,7 +6,8 @@ import torch
 
 from ase_diffrelax import load_model, relax_many
 from ase_diffrelax.training.data import MoleculeSet, split_of
-from ase_diffrelax.training.trainer import TrainConfig, Trainer, TrainingData
+from ase_diffrelax.training.noising import TrainingData
+from ase_diffrelax.training.trainer import TrainConfig, Trainer
 
 from conftest import small_molecules
 
@@ -162,7 +163,7 @@ def test_cosine_lr_decay_reaches_min_lr(tmp_path):
 
 def test_init_copies_known_elements_and_adds_rows_for_new_ones(tiny_model):
     from ase_diffrelax.core.model import Denoiser, ModelConfig
-    from ase_diffrelax.training.trainer import init_from
+    from ase_diffrelax.training.state import init_from
 
     cfg = ModelConfig(**{**tiny_model.net.config.todict(), "elements": (1, 6, 7, 8, 9, 16, 17)})
     net = Denoiser(cfg)

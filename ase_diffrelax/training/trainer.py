@@ -1,16 +1,5 @@
-"""Training: MoreRed-JT on equilibrium geometries, plus MMFF94 starts as structured noise.
-
-Each batch mixes two kinds of input:
-
-* Gaussian: x_t = sqrt(ab_t) x0 + sigma_t eps with t drawn mostly from low/mid steps
-  (where relaxation happens) but covering the whole range (so the time head recognises
-  badly distorted inputs).
-* MMFF (optional, ``mmff_fraction``): x = sqrt(ab_t) x0 + lam * d + sigma_g eps_g, where d is
-  the aligned MMFF94-minus-reference displacement of the same molecule. t is the step whose
-  sigma_t matches the total per-coordinate deviation and the noise target is
-  (x - sqrt(ab_t) x0) / sigma_t, so the DDPM algebra is unchanged. MMFF's deviation from
-  B3LYP is systematic, not Gaussian; without these inputs the time head calls MMFF
-  structures clean and the sampler does nothing.
+"""Training: MoreRed-JT on equilibrium geometries, plus MMFF94 starts as structured noise
+(the inputs: ``noising.py``).
 
 The loss is noise-MSE + time_weight * (time-head error)^2. MoreRed regresses t/T with weight
 (1 - eta) = 0.1; that leaves the time head at a ~20-step error below t = 50, so a strict
@@ -36,9 +25,11 @@ from ..chem.rmsd import kabsch_align
 from ..core.checkpoint import save_model
 from ..core.denoise import denoise
 from ..core.model import Denoiser, ModelConfig, molecule_pairs, remove_mean
-from ..core.schedule import NoiseSchedule
 from ..files import atomic_save_tensors, atomic_write_json
-from .data import MoleculeSet, load_qm9, mmff_starts
+from .data import load_qm9, mmff_starts
+from .distributed import ShardLoss, any_rank, distributed_context, from_rank0
+from .noising import TrainingData, make_inputs, subset_per_atom
+from .state import init_from, load_optimizer, optimizer_tensors
 
 
 @dataclass
@@ -69,110 +60,6 @@ class TrainConfig:
     init: str = ""  # checkpoint (name or path) whose weights start the run; new elements get new rows
     compile: bool = False  # torch.compile the network's blocks: faster steps after a ~30 s warm-up
     model: dict = field(default_factory=lambda: ModelConfig().todict())
-
-
-# ---------------------------------------------------------------- data
-
-
-class TrainingData:
-    """Reference geometries (centred) and, where available, MMFF displacements in their frame."""
-
-    def __init__(self, ms: MoleculeSet, mmff: np.ndarray | None, max_mmff_rmsd: float = 1.0):
-        self.ms = ms
-        self.x0 = ms.positions.astype(np.float64).copy()
-        self.disp = np.zeros_like(self.x0)
-        self.has_mmff = np.zeros(len(ms), dtype=bool)
-        for m in range(len(ms)):
-            a, b = ms.offsets[m], ms.offsets[m + 1]
-            self.x0[a:b] -= self.x0[a:b].mean(0)
-            if mmff is None or np.isnan(mmff[a:b]).any():
-                continue
-            d = kabsch_align(mmff[a:b].astype(np.float64), self.x0[a:b]) - self.x0[a:b]
-            if np.sqrt((d**2).sum(1).mean()) <= max_mmff_rmsd:
-                self.disp[a:b] = d
-                self.has_mmff[m] = True
-        self.x0 = self.x0.astype(np.float32)
-        self.disp = self.disp.astype(np.float32)
-        self.mmff_ids = np.nonzero(self.has_mmff)[0]
-
-    def __len__(self):
-        return len(self.ms)
-
-    def gather(self, mol_ids: np.ndarray):
-        o = self.ms.offsets
-        idx = np.concatenate([np.arange(o[m], o[m + 1]) for m in mol_ids])
-        sizes = o[mol_ids + 1] - o[mol_ids]
-        mol = np.repeat(np.arange(len(mol_ids)), sizes)
-        return (
-            torch.from_numpy(self.ms.numbers[idx].astype(np.int64)),
-            torch.from_numpy(self.x0[idx]),
-            torch.from_numpy(self.disp[idx]),
-            torch.from_numpy(mol),
-        )
-
-
-def sample_gaussian_t(n: int, T: int, gen: torch.Generator) -> torch.Tensor:
-    """60 % in [1, 150], 25 % in [150, 400], 15 % in [400, T]: low/mid t matter most for relaxation."""
-    u = torch.rand(n, generator=gen)
-    lo = torch.where(u < 0.60, 1, torch.where(u < 0.85, 150, 400))
-    hi = torch.where(u < 0.60, 150, torch.where(u < 0.85, 400, T))
-    return lo + (torch.rand(n, generator=gen) * (hi - lo + 1)).long().clamp(max=(hi - lo))
-
-
-def make_inputs(schedule: NoiseSchedule, numbers, x0, disp, mol, n_mol, is_mmff, gen):
-    """Noisy inputs, integer steps t, noise targets and the true deviation scale sigma (per molecule)."""
-    T = schedule.T
-    sigma_tab = schedule.table("sigma", "cpu")
-    ab_tab = schedule.table("alpha_bar", "cpu")
-    counts = torch.bincount(mol, minlength=n_mol).double()
-    dof = (3 * (counts - 1)).clamp(min=1)
-
-    t = sample_gaussian_t(n_mol, T, gen)
-    # MMFF inputs: scaled displacement plus optional extra Gaussian noise
-    lam = torch.where(torch.rand(n_mol, generator=gen) < 0.5, torch.ones(n_mol), torch.rand(n_mol, generator=gen))
-    t_g = torch.where(torch.rand(n_mol, generator=gen) < 0.5, torch.zeros(n_mol, dtype=torch.long),
-                      torch.randint(1, 100, (n_mol,), generator=gen))
-    sig_g = torch.where(t_g > 0, sigma_tab[t_g], torch.zeros(n_mol, dtype=torch.float64))
-    d2 = torch.zeros(n_mol, dtype=torch.float64).index_add_(0, mol, (disp.double() ** 2).sum(-1))
-    sig_tot = torch.sqrt(lam.double() ** 2 * d2 / dof + sig_g**2)
-    t_mmff = schedule.t_for_sigma(sig_tot).clamp(1, T)
-    t = torch.where(is_mmff, t_mmff, t)
-    sigma_target = torch.where(is_mmff, sig_tot.clamp(min=float(sigma_tab[1])), sigma_tab[t])
-
-    eps_g = remove_mean(torch.randn(x0.shape, generator=gen, dtype=torch.float64), mol, n_mol)
-    sig_t = sigma_tab[t]
-    sqrt_ab = ab_tab[t].sqrt()
-    a = mol
-    gauss_part = sig_t[a, None] * eps_g
-    mmff_part = lam.double()[a, None] * disp.double() + sig_g[a, None] * eps_g
-    deviation = torch.where(is_mmff[a, None], mmff_part, gauss_part)
-    x_t = sqrt_ab[a, None] * x0.double() + deviation
-    eps = deviation / sig_t[a, None]
-    return x_t.float(), t, eps.float(), sigma_target
-
-
-# ---------------------------------------------------------------- checkpointing
-
-
-def _optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict, dict]:
-    sd = opt.state_dict()
-    tensors, meta = {}, {"param_groups": sd["param_groups"], "state_keys": {}}
-    for idx, st in sd["state"].items():
-        meta["state_keys"][str(idx)] = {}
-        for k, v in st.items():
-            if torch.is_tensor(v):
-                tensors[f"{idx}.{k}"] = v
-                meta["state_keys"][str(idx)][k] = "tensor"
-            else:
-                meta["state_keys"][str(idx)][k] = v
-    return tensors, meta
-
-
-def _load_optimizer(opt: torch.optim.Optimizer, tensors: dict, meta: dict) -> None:
-    state = {}
-    for idx, keys in meta["state_keys"].items():
-        state[int(idx)] = {k: (tensors[f"{idx}.{k}"] if v == "tensor" else v) for k, v in keys.items()}
-    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
 
 
 class Trainer:
@@ -227,7 +114,7 @@ class Trainer:
                 train_sel = train_sel[: self.cfg.max_train_molecules]
             val_all = np.nonzero(ms.ids % 10 == 1)[0]  # a fixed random sample: QM9 order correlates with size
             val_sel = np.sort(np.random.default_rng(12345).permutation(val_all)[: self.cfg.val_molecules])
-            sub = lambda sel: (ms.subset(sel), None if mm is None else _subset_atoms(ms, mm, sel))
+            sub = lambda sel: (ms.subset(sel), None if mm is None else subset_per_atom(ms, mm, sel))
             self.data = TrainingData(*sub(train_sel))
             self.val = TrainingData(*sub(val_sel))
             if np.any(self.data.ms.ids % 10 == 0):
@@ -256,31 +143,12 @@ class Trainer:
     def state_paths(self):
         return self.out / "state.safetensors", self.out / "state.json"
 
-    def _should_stop(self, local: bool) -> bool:
-        """Stop when any rank wants to (SIGTERM, time limit): all ranks leave at the same step."""
-        if self.world == 1:
-            return local
-        import torch.distributed as dist
-
-        flag = torch.tensor([1.0 if local else 0.0])
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return bool(flag.item() > 0)
-
-    def _from_rank0(self, obj):
-        if self.world == 1:
-            return obj
-        import torch.distributed as dist
-
-        box = [obj]
-        dist.broadcast_object_list(box, src=0)
-        return box[0]
-
     def save_state(self):
         if self.rank != 0:  # only rank 0 writes; the state is the same on every rank
             return
         tensors = {f"net.{k}": v for k, v in self.net.state_dict().items()}
         tensors.update({f"ema.{k}": v for k, v in self.ema.state_dict().items()})
-        opt_t, opt_meta = _optimizer_tensors(self.opt)
+        opt_t, opt_meta = optimizer_tensors(self.opt)
         tensors.update({f"opt.{k}": v for k, v in opt_t.items()})
         tensors["rng.torch"] = self.gen.get_state()
         meta = {
@@ -306,7 +174,7 @@ class Trainer:
                                "delete the newer one to resume from the other")
         self.net.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("net.")})
         self.ema.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
-        _load_optimizer(self.opt, {k[4:]: v for k, v in tensors.items() if k.startswith("opt.")}, meta["optimizer"])
+        load_optimizer(self.opt, {k[4:]: v for k, v in tensors.items() if k.startswith("opt.")}, meta["optimizer"])
         for g in self.opt.param_groups:
             g["lr"] = meta["lr"]
         self.gen.set_state(tensors["rng.torch"])
@@ -521,9 +389,9 @@ class Trainer:
         if self.world > 1:
             from torch.nn.parallel import DistributedDataParallel
 
-            ddp = DistributedDataParallel(_ShardLoss(self))
+            ddp = DistributedDataParallel(ShardLoss(self))
         while self.step < target:
-            if self._should_stop(bool(stop) or (stop_after_s is not None and time.time() - t_start > stop_after_s)):
+            if any_rank(bool(stop) or (stop_after_s is not None and time.time() - t_start > stop_after_s), self.world):
                 break
             t0 = time.time()
             loss = self.optimizer_step(ddp)
@@ -534,7 +402,7 @@ class Trainer:
                 bar.set_postfix(loss=f"{running:.4f}", lr=f"{self.opt.param_groups[0]['lr']:.1e}", refresh=False)
             if self.step % self.cfg.val_every == 0 or self.step == target:
                 metrics = self.validate() if self.rank == 0 else None
-                metrics = self._from_rank0(metrics)  # every rank makes the same learning-rate decisions
+                metrics = from_rank0(metrics, self.world)  # every rank makes the same learning-rate decisions
                 metrics.update(step=self.step, wall_s=round(self.wall, 1), train_loss=running,
                                lr=self.opt.param_groups[0]["lr"])
                 self.history.append(metrics)
@@ -570,71 +438,10 @@ class Trainer:
         return self.history
 
 
-class _ShardLoss(torch.nn.Module):
-    """The loss of this rank's share of a batch, as a module for DistributedDataParallel (the
-    trainer's network is the only registered child, so checkpoints keep their plain keys)."""
-
-    def __init__(self, trainer: "Trainer"):
-        super().__init__()
-        self.net = trainer.net
-        object.__setattr__(self, "_trainer", trainer)
-
-    def forward(self, batch):
-        tr = self._trainer
-        return tr.loss(self.net, batch, tr.gen, tr.cfg.teacher_forcing, shard=(tr.rank, tr.world))[0]
-
-
-def init_from(net: Denoiser, checkpoint) -> dict:
-    """Copy a checkpoint's weights into ``net`` (same width and depth). Embedding rows of elements
-    both know are copied; elements new to ``net`` start from the mean of the known rows, so a
-    fine-tune begins from the checkpoint's chemistry rather than from noise. Returns what was done."""
-    from ..core.checkpoint import load_model
-
-    src = load_model(checkpoint, device="cpu")
-    a, b = src.net.config, net.config
-    for key in ("features", "blocks", "rbf", "cutoff", "time_features", "time_target", "schedule_T", "schedule_s"):
-        if getattr(a, key) != getattr(b, key):
-            raise ValueError(f"--init {checkpoint}: {key} is {getattr(a, key)} there but {getattr(b, key)} here; "
-                             "the architecture must match (elements may differ)")
-    state = {k: v.clone() for k, v in src.net.state_dict().items() if not k.startswith("embedding.")}
-    missing, unexpected = net.load_state_dict(state, strict=False)
-    if unexpected or any(not k.startswith("embedding.") for k in missing):
-        raise ValueError(f"--init {checkpoint}: weights do not fit ({missing}, {unexpected})")
-    old = src.net.embedding.weight.detach()
-    new = net.embedding.weight.detach()
-    with torch.no_grad():
-        copied = []
-        for row, z in enumerate(b.elements):
-            if z in a.elements:
-                new[row] = old[list(a.elements).index(z)]
-                copied.append(int(z))
-            else:
-                new[row] = old.mean(0)
-    return {"from": str(checkpoint), "copied_elements": copied,
-            "new_elements": [int(z) for z in b.elements if z not in a.elements]}
-
-
-def distributed_context() -> tuple[int, int]:
-    """(rank, world size). Under torchrun (WORLD_SIZE > 1) the process group is started here:
-    gloo on CPU, nccl when the trainer runs on CUDA (it runs on the CPU today)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return 0, 1
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        dist.init_process_group(backend="gloo")
-    return dist.get_rank(), dist.get_world_size()
-
-
 def cosine_lr(step: int, cfg: TrainConfig) -> float:
     a, b = cfg.lr_decay_start, cfg.lr_decay_end
     frac = min(1.0, max(0.0, (step - a) / (b - a)))
     return cfg.min_lr + (cfg.lr - cfg.min_lr) * 0.5 * (1.0 + math.cos(math.pi * frac))
-
-
-def _subset_atoms(ms: MoleculeSet, per_atom: np.ndarray, sel: np.ndarray) -> np.ndarray:
-    return np.concatenate([per_atom[ms.offsets[i]:ms.offsets[i + 1]] for i in sel])
 
 
 def run_training(cfg: TrainConfig, resume: bool = True, progress: bool = True, stop_after_s=None) -> Trainer:

@@ -1,0 +1,103 @@
+"""What the network is trained on: equilibrium geometries made noisy in two ways.
+
+* Gaussian: x_t = sqrt(ab_t) x0 + sigma_t eps with t drawn mostly from low/mid steps
+  (where relaxation happens) but covering the whole range (so the time head recognises
+  badly distorted inputs).
+* MMFF (optional, ``mmff_fraction``): x = sqrt(ab_t) x0 + lam * d + sigma_g eps_g, where d is
+  the aligned MMFF94-minus-reference displacement of the same molecule. t is the step whose
+  sigma_t matches the total per-coordinate deviation and the noise target is
+  (x - sqrt(ab_t) x0) / sigma_t, so the DDPM algebra is unchanged. MMFF's deviation from
+  B3LYP is systematic, not Gaussian; without these inputs the time head calls MMFF
+  structures clean and the sampler does nothing.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..chem.rmsd import kabsch_align
+from ..core.model import remove_mean
+from ..core.schedule import NoiseSchedule
+from .data import MoleculeSet
+
+
+class TrainingData:
+    """Reference geometries (centred) and, where available, MMFF displacements in their frame."""
+
+    def __init__(self, ms: MoleculeSet, mmff: np.ndarray | None, max_mmff_rmsd: float = 1.0):
+        self.ms = ms
+        self.x0 = ms.positions.astype(np.float64).copy()
+        self.disp = np.zeros_like(self.x0)
+        self.has_mmff = np.zeros(len(ms), dtype=bool)
+        for m in range(len(ms)):
+            a, b = ms.offsets[m], ms.offsets[m + 1]
+            self.x0[a:b] -= self.x0[a:b].mean(0)
+            if mmff is None or np.isnan(mmff[a:b]).any():
+                continue
+            d = kabsch_align(mmff[a:b].astype(np.float64), self.x0[a:b]) - self.x0[a:b]
+            if np.sqrt((d**2).sum(1).mean()) <= max_mmff_rmsd:
+                self.disp[a:b] = d
+                self.has_mmff[m] = True
+        self.x0 = self.x0.astype(np.float32)
+        self.disp = self.disp.astype(np.float32)
+        self.mmff_ids = np.nonzero(self.has_mmff)[0]
+
+    def __len__(self):
+        return len(self.ms)
+
+    def gather(self, mol_ids: np.ndarray):
+        o = self.ms.offsets
+        idx = np.concatenate([np.arange(o[m], o[m + 1]) for m in mol_ids])
+        sizes = o[mol_ids + 1] - o[mol_ids]
+        mol = np.repeat(np.arange(len(mol_ids)), sizes)
+        return (
+            torch.from_numpy(self.ms.numbers[idx].astype(np.int64)),
+            torch.from_numpy(self.x0[idx]),
+            torch.from_numpy(self.disp[idx]),
+            torch.from_numpy(mol),
+        )
+
+
+def sample_gaussian_t(n: int, T: int, gen: torch.Generator) -> torch.Tensor:
+    """60 % in [1, 150], 25 % in [150, 400], 15 % in [400, T]: low/mid t matter most for relaxation."""
+    u = torch.rand(n, generator=gen)
+    lo = torch.where(u < 0.60, 1, torch.where(u < 0.85, 150, 400))
+    hi = torch.where(u < 0.60, 150, torch.where(u < 0.85, 400, T))
+    return lo + (torch.rand(n, generator=gen) * (hi - lo + 1)).long().clamp(max=(hi - lo))
+
+
+def make_inputs(schedule: NoiseSchedule, numbers, x0, disp, mol, n_mol, is_mmff, gen):
+    """Noisy inputs, integer steps t, noise targets and the true deviation scale sigma (per molecule)."""
+    T = schedule.T
+    sigma_tab = schedule.table("sigma", "cpu")
+    ab_tab = schedule.table("alpha_bar", "cpu")
+    counts = torch.bincount(mol, minlength=n_mol).double()
+    dof = (3 * (counts - 1)).clamp(min=1)
+
+    t = sample_gaussian_t(n_mol, T, gen)
+    # MMFF inputs: scaled displacement plus optional extra Gaussian noise
+    lam = torch.where(torch.rand(n_mol, generator=gen) < 0.5, torch.ones(n_mol), torch.rand(n_mol, generator=gen))
+    t_g = torch.where(torch.rand(n_mol, generator=gen) < 0.5, torch.zeros(n_mol, dtype=torch.long),
+                      torch.randint(1, 100, (n_mol,), generator=gen))
+    sig_g = torch.where(t_g > 0, sigma_tab[t_g], torch.zeros(n_mol, dtype=torch.float64))
+    d2 = torch.zeros(n_mol, dtype=torch.float64).index_add_(0, mol, (disp.double() ** 2).sum(-1))
+    sig_tot = torch.sqrt(lam.double() ** 2 * d2 / dof + sig_g**2)
+    t_mmff = schedule.t_for_sigma(sig_tot).clamp(1, T)
+    t = torch.where(is_mmff, t_mmff, t)
+    sigma_target = torch.where(is_mmff, sig_tot.clamp(min=float(sigma_tab[1])), sigma_tab[t])
+
+    eps_g = remove_mean(torch.randn(x0.shape, generator=gen, dtype=torch.float64), mol, n_mol)
+    sig_t = sigma_tab[t]
+    sqrt_ab = ab_tab[t].sqrt()
+    a = mol
+    gauss_part = sig_t[a, None] * eps_g
+    mmff_part = lam.double()[a, None] * disp.double() + sig_g[a, None] * eps_g
+    deviation = torch.where(is_mmff[a, None], mmff_part, gauss_part)
+    x_t = sqrt_ab[a, None] * x0.double() + deviation
+    eps = deviation / sig_t[a, None]
+    return x_t.float(), t, eps.float(), sigma_target
+
+
+def subset_per_atom(ms: MoleculeSet, per_atom: np.ndarray, sel: np.ndarray) -> np.ndarray:
+    """The per-atom rows of the molecules ``sel`` of ``ms``, in that order."""
+    return np.concatenate([per_atom[ms.offsets[i]:ms.offsets[i + 1]] for i in sel])
