@@ -184,3 +184,25 @@ def test_handoff_matrix_resumes_from_its_cache_and_ranks_routes(tiny_set, tmp_pa
     assert set(one) == set(first["cells"]) and min(c["above_lowest_kcal"] for c in one.values()) == 0.0
     subset = matrix.main(argv + ["--summary-only", "--molecules", str(first_id)])
     assert list(subset["per_molecule"]) == [first_id] and subset["n_complete"] == 1
+
+
+def test_lindh_model_hessian_is_a_curvature_in_ev_per_a2():
+    """The model Hessian tried as a free initial Hessian: symmetric, positive semi-definite, blind to
+    rigid motion, and of the size of the true GFN2-xTB curvature along a bond stretch."""
+    from ase_diffrelax.workflows.handoff import rigid_modes
+    from benchmarks.model_hessian import lindh_hessian
+
+    a = molecule("CH3CH2OH")
+    h = lindh_hessian(a)
+    assert h.shape == (27, 27) and np.allclose(h, h.T)
+    w = np.linalg.eigvalsh(h)
+    assert w.min() > -1e-8
+    r = rigid_modes(a.positions)
+    assert np.abs(h @ r).max() < 1e-6 * np.abs(h).max()
+    # O-H stretch, unit displacement (bond length changes by sqrt(2) per A): 2 k, k(O-H) ~ 50 eV/A^2
+    o = a.get_chemical_symbols().index("O")
+    hyd = min((i for i in range(len(a)) if a.numbers[i] == 1), key=lambda i: a.get_distance(o, i))
+    u = np.zeros((9, 3))
+    d = (a.positions[hyd] - a.positions[o]) / np.linalg.norm(a.positions[hyd] - a.positions[o])
+    u[hyd], u[o] = d / np.sqrt(2), -d / np.sqrt(2)
+    assert 30 < u.ravel() @ h @ u.ravel() < 300
