@@ -477,6 +477,10 @@ def _run_training(cfg: TrainConfig, resume: bool, progress: bool, stop_after_s) 
         raise FileExistsError(f"{cfg.out} already holds a run; pass --resume or choose another --out")
     try:
         trainer.train(stop_after_s=stop_after_s)
+        if trainer.world > 1:  # rank 0 still writes the last checkpoint: leave together (gloo aborts otherwise)
+            import torch.distributed as dist
+
+            dist.barrier()
     finally:
         if trainer.world > 1:
             import torch.distributed as dist
