@@ -34,6 +34,14 @@ def any_rank(local: bool, world: int) -> bool:
     return bool(flag.item() > 0)
 
 
+def barrier(world: int) -> None:
+    """Every rank waits here until all have arrived."""
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
 def from_rank0(obj, world: int):
     """Rank 0's ``obj`` on every rank."""
     if world == 1:

@@ -27,7 +27,7 @@ from ..core.denoise import denoise
 from ..core.model import Denoiser, ModelConfig, molecule_pairs, remove_mean
 from ..files import atomic_save_tensors, atomic_write_json
 from .data import load_qm9, mmff_starts
-from .distributed import ShardLoss, any_rank, distributed_context, from_rank0
+from .distributed import ShardLoss, any_rank, barrier, distributed_context, from_rank0
 from .noising import TrainingData, make_inputs, subset_per_atom
 from .state import init_from, load_optimizer, optimizer_tensors
 
@@ -433,6 +433,7 @@ class Trainer:
         self.save_state()
         if self.rank == 0:
             save_model(self.out / "last", self.ema, self.schedule, self.card())
+        barrier(self.world)  # the others wait for rank 0's last write: gloo aborts a rank that leaves early
         if bar is not None:
             bar.close()
         return self.history
@@ -477,10 +478,6 @@ def _run_training(cfg: TrainConfig, resume: bool, progress: bool, stop_after_s) 
         raise FileExistsError(f"{cfg.out} already holds a run; pass --resume or choose another --out")
     try:
         trainer.train(stop_after_s=stop_after_s)
-        if trainer.world > 1:  # rank 0 still writes the last checkpoint: leave together (gloo aborts otherwise)
-            import torch.distributed as dist
-
-            dist.barrier()
     finally:
         if trainer.world > 1:
             import torch.distributed as dist
