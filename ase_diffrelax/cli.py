@@ -118,7 +118,7 @@ def _merge(args) -> int:
     from .workflows.collection import count_input_entries, merge_outputs
 
     expected = count_input_entries(args.input) if args.input else None
-    info = merge_outputs(args.inputs, args.output, expected=expected)
+    info = merge_outputs(args.inputs, args.output, expected=expected, overwrite=args.overwrite)
     of = f" of {info['n_expected']}" if info["n_expected"] is not None else " (input size unknown: no --input and no " \
         "finished shard header; gaps after the last row cannot be seen)"
     print(f"merged {info['rows']}{of} rows into {args.output}; {info['n_missing']} input indices missing"
@@ -232,6 +232,16 @@ def _dataset(args) -> int:
                          f"from MOSES train; test {args.moses_test} from MOSES test and {args.moses_test} from "
                          "test_scaffolds (never trained on)",
             "ids": "row number in the MOSES csv.gz file the split comes from"})
+    elif args.smiles == "moses-coverage":
+        from .files import atomic_write_json
+        from .training.moses import RARE_BOND_SMARTS, THIOL_FROM_HYDROXYL, moses_coverage_entries
+
+        entries = moses_coverage_entries(n_val=args.moses_val, n_train=args.moses_train)
+        atomic_write_json(f"{args.out}/source.json", {
+            "smiles": "MOSES (PyPI molsets 0.3.1, MIT) train rows outside our validation rows",
+            "selection": f"every row with a rare bond type {RARE_BOND_SMARTS} not already drawn as training, plus "
+                         f"thiols made from alcohols/phenols by OH -> SH {THIOL_FROM_HYDROXYL} (MOSES holds no thiol)",
+            "ids": "row number in MOSES train.csv.gz (for a thiol: its parent alcohol's row)"})
     else:
         entries = read_smiles_file(args.smiles)
     protocol = BuildProtocol(optimizer=args.optimizer, etkdg_seed=args.seed)
@@ -342,6 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("dataset", help="build a GFN2-xTB training set from SMILES (ETKDG -> MMFF94 -> xTB), resumable")
     d.add_argument("smiles", help="a .smi/.csv/.txt file (SMILES first, optional 'train'/'val' second), "
+                   "'moses-coverage' (rare bond types and thiols for the drug-like set), "
                    "or 'moses' for the MOSES drug-like selection")
     d.add_argument("--out", required=True, help="folder for chunks and the assembled dataset.npz")
     d.add_argument("--workers", type=int, default=1, help="processes, one core each")
@@ -391,6 +402,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = sub.add_parser("merge", help="join the outputs of sharded relax runs, ordered by input index")
     g.add_argument("inputs", nargs="+", help="shard outputs (.db or extxyz)")
     g.add_argument("-o", "--output", required=True, help="merged .db or extxyz")
+    g.add_argument("--overwrite", action="store_true", help="replace an existing merged output (never a shard)")
     g.add_argument("--input", default=None, help="the input the shards came from: its entry count is the "
                    "expected row count (default: the count finished shards recorded)")
     g.set_defaults(func=_merge)
@@ -398,6 +410,14 @@ def build_parser() -> argparse.ArgumentParser:
     m = sub.add_parser("models", help="list the shipped checkpoints with their elements, sizes and level of theory")
     m.set_defaults(func=_models)
     return p
+
+
+def _outside_failure(exc, write_failed) -> bool:
+    """Disk full, a file-size limit, an I/O error: the machine's fault, not the input's."""
+    import errno
+
+    return isinstance(exc, write_failed) or (isinstance(exc, OSError) and exc.errno in (
+        errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EIO))
 
 
 def main(argv=None) -> int:
@@ -418,10 +438,10 @@ def main(argv=None) -> int:
         return EXIT_BAD_INPUT
     except (UserError, ValueError, OSError, RuntimeError) as exc:
         from .core.validate import InputError
-        from .files import LockHeld
+        from .files import LockHeld, WriteFailed
 
         bad = (UserError, InputError, ValueError, OSError, LockHeld)
-        kind = "bad input" if isinstance(exc, bad) else "failed"
+        kind = "bad input" if isinstance(exc, bad) and not _outside_failure(exc, WriteFailed) else "failed"
         print(f"ase-diffrelax: {kind}: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT if kind == "bad input" else 1
 

@@ -154,6 +154,25 @@ def save_figure(fig, path: str | os.PathLike, dpi: int = 120) -> str:
     return str(path)
 
 
+class WriteFailed(OSError):
+    """Writing an output failed for a reason outside the input (disk full, a file-size limit, I/O):
+    what was written before stays valid, and ``--resume`` completes it once space is back."""
+
+
+def write_failed(path, exc: BaseException) -> WriteFailed:
+    import errno
+
+    code = getattr(exc, "errno", None)
+    text = str(exc)
+    hint = {errno.ENOSPC: "disk full", errno.EFBIG: "file-size limit reached", errno.EDQUOT: "disk quota exceeded"}
+    why = hint.get(code) or ("disk full, a file-size limit or an I/O error" if "disk" in text or "full" in text
+                             else type(exc).__name__)
+    failed = WriteFailed(f"cannot write {path}: {text} ({why}); the chunks written before are kept: "
+                         "free space (or raise the limit) and rerun with --resume")
+    failed.errno = code or errno.EIO
+    return failed
+
+
 class LockHeld(RuntimeError):
     """Another process holds the lock: a second writer is refused, never interleaved."""
 

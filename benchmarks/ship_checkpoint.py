@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -52,8 +53,23 @@ def add_bonded_pairs(name: str, data: str) -> list[str]:
     return pairs
 
 
+def seal(names=None) -> dict:
+    """Record the sha256 of each shipped checkpoint's weights and card in the registry (every load
+    checks both); run after anything edits a shipped card (``update_card.py`` does it itself)."""
+    reg_path = checkpoint_dir() / "registry.json"
+    reg = json.loads(reg_path.read_text())
+    for name in names or list(reg["models"]):
+        entry = reg["models"][name]
+        entry["sha256"] = sha256(checkpoint_dir() / entry["weights"])
+        entry["card_sha256"] = sha256(checkpoint_dir() / entry["card"])
+    atomic_write_json(reg_path, reg, indent=2)
+    return reg
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--seal", action="store_true", help="only record the sha256 of every shipped checkpoint's "
+                   "weights and card in the registry (after a card was edited); the other arguments are ignored")
     p.add_argument("--bonded-pairs-only", action="store_true", help="only record the bonded element pairs of "
                    "the training data (--data, or 'qm9') for the registered checkpoint NAME; RUN is ignored")
     p.add_argument("run", help="checkpoint base path in a run folder (e.g. runs/NAME/best)")
@@ -63,6 +79,9 @@ def main(argv=None):
     p.add_argument("--training-data", required=True, help="one line for the registry")
     p.add_argument("--choice-position", type=int, default=None,
                    help="insert into the registry's choice_order at this index (default: append)")
+    if argv is None and "--seal" in sys.argv[1:] or argv is not None and "--seal" in argv:
+        print(json.dumps({n: e["card_sha256"] for n, e in seal()["models"].items()}, indent=1))
+        return
     args = p.parse_args(argv)
     if args.bonded_pairs_only:
         print(args.name, add_bonded_pairs(args.name, args.data))
@@ -87,6 +106,7 @@ def main(argv=None):
     order.insert(len(order) if args.choice_position is None else args.choice_position, args.name)
     reg["choice_order"] = order
     atomic_write_json(reg_path, reg, indent=2)
+    reg = seal([args.name])
     print(json.dumps(reg["models"][args.name], indent=1), "\nchoice_order:", order)
 
 

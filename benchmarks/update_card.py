@@ -12,6 +12,16 @@ from ase_diffrelax.files import atomic_write_json
 
 
 def main(card_path, result_path):
+    _update(card_path, result_path)
+    from ase_diffrelax.core.checkpoint import checkpoint_dir
+
+    if Path(card_path).resolve().parent == checkpoint_dir().resolve():  # a shipped card: the registry vouches for it
+        from benchmarks.ship_checkpoint import seal
+
+        seal()
+
+
+def _update(card_path, result_path):
     card = json.load(open(card_path))
     res = json.load(open(result_path))
     if "parts" in res:  # benchmarks/drugs.py

@@ -199,7 +199,6 @@ def shipped_copy(tmp_path, monkeypatch):
     (dst / "registry.json").write_text(json.dumps(reg))
     monkeypatch.setattr(checkpoint, "checkpoint_dir", lambda: dst)
     monkeypatch.setattr(checkpoint, "_LOADED", {})
-    monkeypatch.setattr(checkpoint, "_HASHED", {})
     monkeypatch.setenv("ASE_DIFFRELAX_CACHE", str(tmp_path / "cache"))
     return dst
 
@@ -227,21 +226,105 @@ def test_a_registry_hash_of_zeros_is_refused(shipped_copy):
 
 
 def test_an_edited_card_cannot_widen_a_shipped_checkpoint(shipped_copy):
-    from ase_diffrelax import InputError, relax_many
     from ase_diffrelax.core.checkpoint import IntegrityError, load_model
 
     card_path = shipped_copy / "qm9-painn128-jt.json"
     card = json.loads(card_path.read_text())
     card["charges"] = [-1, 0, 1]
     card_path.write_text(json.dumps(card))
-    ion = molecule("CH3CH2OH")
-    ion.info["charge"] = 1
-    with pytest.raises(InputError, match="charge"):  # the registry, not the card, says what it takes
-        relax_many([ion], model="qm9-painn128-jt", progress=False)
-    card["config"]["elements"] = card["config"]["elements"] + [34]
-    card_path.write_text(json.dumps(card))
     with pytest.raises(IntegrityError, match="edited"):
         load_model("qm9-painn128-jt")
+
+
+@pytest.mark.parametrize("old,new", [('"cutoff": 5.0', '"cutoff": 6.0'), ('"t_scale": 2.5', '"t_scale": 3.5')])
+def test_a_same_size_edit_of_a_shipped_card_with_its_old_mtime_is_refused(shipped_copy, old, new):
+    from ase_diffrelax.core.checkpoint import IntegrityError, load_model
+
+    assert load_model("qm9-painn128-jt").verified == "registry sha256"  # loaded (and cached) once before the edit
+    card_path = shipped_copy / "qm9-painn128-jt.json"
+    text, st = card_path.read_text(), card_path.stat()
+    assert old in text, old
+    card_path.write_text(text.replace(old, new, 1))
+    os.utime(card_path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert card_path.stat().st_size == st.st_size and card_path.stat().st_mtime_ns == st.st_mtime_ns
+    with pytest.raises(IntegrityError, match="card was edited"):
+        load_model("qm9-painn128-jt")
+
+
+def _saved_copy(tiny_model, tmp_path, edit=None):
+    base = tmp_path / "mine"
+    for suffix in (".safetensors", ".json"):
+        shutil.copy(tiny_model.path.with_suffix(suffix), base.with_suffix(suffix))
+    if edit is not None:
+        card = json.loads(base.with_suffix(".json").read_text())
+        edit(card)
+        base.with_suffix(".json").write_text(json.dumps(card))
+    return base
+
+
+def test_a_saved_card_hash_covers_its_config_and_init_refuses_what_fails_verification(tiny_model, tmp_path):
+    from ase_diffrelax.core.checkpoint import IntegrityError, load_model
+    from ase_diffrelax.core.model import Denoiser, ModelConfig
+    from ase_diffrelax.training.state import init_from
+
+    assert load_model(_saved_copy(tiny_model, tmp_path)).verified.startswith("card sha256")
+    base = _saved_copy(tiny_model, tmp_path, lambda c: c["config"].update(cutoff=4.0))
+    with pytest.raises(IntegrityError, match="edited after it was saved"):
+        load_model(base)
+    net = Denoiser(ModelConfig.fromdict(tiny_model.net.config.todict()))
+    with pytest.raises(IntegrityError):
+        init_from(net, str(base))
+    base = _saved_copy(tiny_model, tmp_path, lambda c: [c.pop("card_sha256"), c.pop("weights_sha256")])
+    with pytest.warns(UserWarning, match="unverified"):
+        assert load_model(base).verified.startswith("unverified")
+    with pytest.raises(ValueError, match="unverified"):
+        init_from(net, str(base))
+
+
+@pytest.mark.parametrize("edit,message", [
+    (lambda c: c["config"].update(features="abc"), "config.features = 'abc'"),
+    (lambda c: c["config"].update(elements=[1, 6, 10**20]), "config.elements[2]"),
+    (lambda c: c["config"].update(cutoff=-1), "config.cutoff"),
+    (lambda c: c.update(charges=["x"]), "charges[0]"),
+    (lambda c: c.update(max_atoms=0), "max_atoms"),
+    (lambda c: c["config"].update(features=32), "do not fit the card's config"),
+])
+def test_bad_cards_are_one_line_naming_the_field(tiny_model, tmp_path, edit, message):
+    from ase_diffrelax.core.checkpoint import card_digest, load_model
+
+    def tamper(card):
+        edit(card)
+        card["card_sha256"] = card_digest(card)  # a consistent but wrong card: validation, not the hash, must catch it
+    base = _saved_copy(tiny_model, tmp_path, tamper)
+    with pytest.raises(ValueError) as info:
+        load_model(base)
+    assert message in str(info.value) and "\n" not in str(info.value)
+    write(tmp_path / "x.xyz", molecule("CH3CH2OH"))
+    r = cli("relax", str(tmp_path / "x.xyz"), "-o", str(tmp_path / "y.xyz"), "--model", str(base))
+    assert r.returncode == 2 and "Traceback" not in r.stderr and message in r.stderr
+
+
+def test_a_pickle_renamed_safetensors_is_refused_without_unpickling(tiny_model, tmp_path):
+    import pickle
+
+    from ase_diffrelax.core.checkpoint import card_digest, load_model, sha256
+
+    base = _saved_copy(tiny_model, tmp_path)
+    base.with_suffix(".safetensors").write_bytes(pickle.dumps({"a": 1}))
+    card = json.loads(base.with_suffix(".json").read_text())
+    card["weights_sha256"] = sha256(base.with_suffix(".safetensors"))  # hashes that match: the format must be refused
+    card["card_sha256"] = card_digest(card)
+    base.with_suffix(".json").write_text(json.dumps(card))
+    with pytest.raises(ValueError, match="not a safetensors weights file"):
+        load_model(base)
+
+
+def test_a_registry_without_models_is_one_line(shipped_copy):
+    from ase_diffrelax.core.checkpoint import IntegrityError, load_model
+
+    (shipped_copy / "registry.json").write_text(json.dumps({"default": "qm9-painn128-jt"}))
+    with pytest.raises(IntegrityError, match="no 'models' table"):
+        load_model()
 
 
 @pytest.mark.parametrize("field,value", [("default", "../../.."), ("weights", "../../x.safetensors")])
@@ -557,3 +640,110 @@ def test_a_stale_ase_db_lock_from_a_killed_writer_does_not_hang_the_resume(tiny_
            "--model", str(tiny_model.path), *FAST]
     r = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and indices(out) == list(range(12))
+
+
+# ---------------------------------------------------------------- issue 30
+@pytest.mark.parametrize("wrong", [6, 10])
+def test_an_xyz_frame_whose_atom_count_is_wrong_is_rejected_and_later_frames_keep_their_index(tmp_path, wrong):
+    from ase_diffrelax.workflows.collection import iter_xyz_frames
+
+    write(tmp_path / "in.xyz", [molecule(n) for n in ("CH4", "C2H6", "H2O", "NH3")])
+    lines = (tmp_path / "in.xyz").read_text().splitlines(keepends=True)
+    heads = [k for k, line in enumerate(lines) if line.strip().isdigit()]
+    lines[heads[1]] = f"{wrong}\n"  # ethane (8 atoms) announced as 6 or 10
+    (tmp_path / "in.xyz").write_text("".join(lines))
+    out = list(iter_xyz_frames(str(tmp_path / "in.xyz")))
+    assert [k for k, _, _ in out] == [0, 1, 2, 3]
+    assert out[1][1] is None and f"says {wrong}" in out[1][2]
+    assert [a.get_chemical_formula() for _, a, _ in (out[0], out[2], out[3])] == ["CH4", "H2O", "H3N"]
+
+
+def _positions(path):
+    if str(path).endswith(".db"):
+        return {int(r.input_index): r.toatoms().positions for r in connect(path).select()}
+    return {int(a.info["input_index"]): a.positions for a in read(path, ":")}
+
+
+@pytest.mark.parametrize("ext", [".db", ".extxyz"])
+def test_resume_refuses_another_input_shard_or_option_naming_the_difference(tiny_model, tmp_path, ext):
+    write_smi(tmp_path / "lib.smi", ["CCO", "CCN", "CC#N", "COC"] * 3)
+    write_smi(tmp_path / "other.smi", ["CCC", "CCOC"] * 3)
+    out = tmp_path / f"out{ext}"
+    cli("relax", str(tmp_path / "lib.smi"), "-o", str(out), "--shard", "0/3", model=tiny_model, check=0)
+    before = out.read_bytes()
+    for extra, word in ((["--shard", "0/3", "--seed", "0", str(tmp_path / "other.smi")], "input"),
+                        (["--shard", "1/3", str(tmp_path / "lib.smi")], "shard"),
+                        (["--shard", "0/3", "--seed", "7", str(tmp_path / "lib.smi")], "seed"),
+                        (["--shard", "0/3", "--eta", "1", str(tmp_path / "lib.smi")], "policy")):
+        r = cli("relax", *extra, "-o", str(out), "--resume", model=tiny_model, check=2)
+        lines = [line for line in r.stderr.splitlines() if "ase-diffrelax:" in line and "--resume" in line]
+        assert len(lines) == 1 and f"differs in {word}" in lines[0] and "Traceback" not in r.stderr, r.stderr
+        assert out.read_bytes() == before
+    r = cli("relax", str(tmp_path / "lib.smi"), "-o", str(out), "--shard", "0/3", "--resume", model=tiny_model, check=0)
+    assert "4 already done" in r.stdout
+
+
+def test_noisy_results_do_not_depend_on_sharding_or_chunking(tiny_model, tmp_path):
+    write_smi(tmp_path / "lib.smi", ["CCO", "CCN", "CC#N", "COC", "CC(=O)O", "OCC(N)C=O"] * 2)
+    noisy = ["--model", str(tiny_model.path), "--policy", "fixed:t0=5+stride=0+eta=1", "--seed", "3"]
+    cli("relax", str(tmp_path / "lib.smi"), "-o", str(tmp_path / "all.db"), *noisy, check=0)
+    for i in range(2):
+        cli("relax", str(tmp_path / "lib.smi"), "-o", str(tmp_path / f"s{i}.extxyz"), "--shard", f"{i}/2",
+            "--chunk-size", "2", *noisy, check=0)
+    whole = _positions(tmp_path / "all.db")
+    sharded = {**_positions(tmp_path / "s0.extxyz"), **_positions(tmp_path / "s1.extxyz")}
+    assert sorted(sharded) == sorted(whole) == list(range(12))
+    assert max(np.abs(whole[k] - sharded[k]).max() for k in whole) < 1e-4
+
+
+def test_a_bond_type_the_checkpoint_never_saw_is_left_unmoved_and_named_by_entry(tmp_path):
+    from ase_diffrelax import atoms_from_smiles, relax_many
+
+    thiol = atoms_from_smiles("CCS")  # S-H: the drug-like checkpoint's training data has none
+    thiol.info.pop("smiles", None)
+    big = atoms_from_smiles("CCSc1ccc(Cl)cc1C(=O)NCc1ccccc1")
+    res = relax_many([big, thiol], model="moses-painn128-jt", progress=False)
+    assert res[1].status == "unseen_bonds" and "H-S" in res[1].reason and "structure 1" not in res[1].reason
+    assert np.allclose(res[1].atoms.positions, thiol.positions)
+    assert res[0].status != "unseen_bonds"
+    write_smi(tmp_path / "lib.smi", ["CCSc1ccc(Cl)cc1C(=O)NCc1ccccc1", "SCCc1ccc(Cl)cc1C(=O)NCc1ccccc1"])
+    cli("relax", str(tmp_path / "lib.smi"), "-o", str(tmp_path / "out.db"), "--model", "moses-painn128-jt", *FAST,
+        check=0)
+    rows = {int(r.input_index): r for r in connect(tmp_path / "out.db").select()}
+    assert rows[1].status == "unseen_bonds" and "H-S" in rows[1].reason
+    assert rows[0].status != "unseen_bonds"
+
+
+def test_merge_is_lossless_across_formats_and_refuses_a_file_that_is_not_a_shard(tiny_model, tmp_path):
+    write_smi(tmp_path / "lib.smi", ["CCO", "CCN", "CC#N", "COC"] * 5)
+    cli("relax", str(tmp_path / "lib.smi"), "-o", str(tmp_path / "s0.extxyz"), "--shard", "0/2", model=tiny_model, check=0)
+    cli("relax", str(tmp_path / "lib.smi"), "-o", str(tmp_path / "s1.db"), "--shard", "1/2", model=tiny_model, check=0)
+    for out in ("all.db", "all.extxyz"):
+        cli("merge", str(tmp_path / "s0.extxyz"), str(tmp_path / "s1.db"), "-o", str(tmp_path / out), check=0)
+        rows = ([r.key_value_pairs for r in connect(tmp_path / out).select()] if out.endswith(".db")
+                else [a.info for a in read(tmp_path / out, ":")])
+        assert sorted(int(r["input_index"]) for r in rows) == list(range(20))
+        assert all(int(r["diffusion_steps"]) > 0 and r["status"] for r in rows)
+    r = cli("merge", str(tmp_path / "s0.extxyz"), "-o", str(tmp_path / "all.db"), check=2)
+    assert "--overwrite" in r.stderr
+    write(tmp_path / "plain.extxyz", [molecule("H2O")])
+    r = cli("merge", str(tmp_path / "plain.extxyz"), "-o", str(tmp_path / "m.db"), check=2)
+    assert "no input_index" in r.stderr and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("ext", [".db", ".extxyz"])
+def test_a_file_size_limit_while_streaming_is_one_line_and_resume_completes_the_output(tiny_model, tmp_path, ext):
+    import resource
+
+    write_smi(tmp_path / "lib.smi", ["CCO", "CCN", "CC#N", "COC", "CC(=O)O"] * 60)
+    out = tmp_path / f"out{ext}"
+    cmd = [sys.executable, "-m", "ase_diffrelax", "relax", str(tmp_path / "lib.smi"), "-o", str(out),
+           "--chunk-size", "40", "--model", str(tiny_model.path), *FAST]
+    limit = lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (120_000, 120_000))  # noqa: E731
+    r = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=600, preexec_fn=limit)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    lines = [line for line in r.stderr.splitlines() if "ase-diffrelax: failed" in line]
+    assert len(lines) == 1 and "--resume" in lines[0] and "bad input" not in r.stderr
+    assert 0 < len(indices(out)) < 300
+    cli("relax", str(tmp_path / "lib.smi"), "-o", str(out), "--resume", model=tiny_model, check=0)
+    assert indices(out) == list(range(300))

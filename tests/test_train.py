@@ -205,3 +205,59 @@ def test_cli_fine_tunes_a_checkpoint_on_an_xtb_dataset_with_new_elements(tiny_mo
 
     res = relax_many([atoms_from_smiles("ClCCS")], model=ft, progress=False)  # S and Cl relax with no error
     assert res[0].status in ("converged", "max_steps")
+
+
+def _train_args(data, out, *extra):
+    return ["train", "--data", str(data), "--out", str(out), "--steps", "4", "--batch-size", "4", "--features", "16",
+            "--blocks", "1", "--val-every", "2", "--val-molecules", "2", "--no-progress", "--threads", "1", *extra]
+
+
+@pytest.mark.parametrize("damage,message", [
+    ("nan", "frame 3: NaN"), ("overlap", "frame 3: atoms 0 and 1 overlap"), ("element", "frame 3: element S"),
+    ("empty", "empty file")])
+def test_training_refuses_bad_data_naming_the_frame(tmp_path, capsys, damage, message):
+    from ase.io import write
+
+    from ase_diffrelax.cli import main
+
+    mols = small_molecules()
+    if damage == "nan":
+        mols[3].positions[1, 0] = np.nan
+    elif damage == "overlap":
+        mols[3].positions[1] = mols[3].positions[0] + 0.1
+    elif damage == "element":
+        mols[3].numbers[0] = 16
+    path = tmp_path / "mine.extxyz"
+    write(path, mols) if damage != "empty" else path.write_text("")
+    assert main(_train_args(path, tmp_path / "run")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+
+
+@pytest.mark.parametrize("option,value", [("--lr-decay", "10:5"), ("--val-every", "0"), ("--ckpt-every", "0"),
+                                          ("--steps", "-1"), ("--lr", "0")])
+def test_training_refuses_impossible_numbers(tmp_path, capsys, option, value):
+    from ase.io import write
+
+    from ase_diffrelax.cli import main
+
+    write(tmp_path / "mine.xyz", small_molecules())
+    assert main(_train_args(tmp_path / "mine.xyz", tmp_path / "run", option, value)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and option.lstrip("-") in err[0], err
+    assert not (tmp_path / "run" / "state.json").exists()
+
+
+def test_resume_with_other_data_is_refused(tmp_path, capsys):
+    from ase.io import write
+
+    from ase_diffrelax.cli import main
+
+    write(tmp_path / "a.xyz", small_molecules())
+    write(tmp_path / "b.xyz", small_molecules()[::-1])
+    assert main(_train_args(tmp_path / "a.xyz", tmp_path / "run")) == 0
+    capsys.readouterr()
+    assert main(_train_args(tmp_path / "b.xyz", tmp_path / "run", "--resume")) == 2
+    err = capsys.readouterr().err
+    assert "--data" in err and "b.xyz" in err and "a.xyz" in err
+    assert load_model(tmp_path / "run" / "best").card["training"]["config"]["data"].endswith("a.xyz")

@@ -8,13 +8,14 @@ from ..core.checkpoint import choose_model, load_model
 from ..core.policy import Policy
 from ..core.sampler import Molecule, Sampler
 from ..core.validate import InputError, check_for_model
+from ..core.validate import unseen_bonds as unseen_bonds_of
 from .common import default_batch_size, fixed_mask, write_history
 
 
 @dataclass
 class RelaxResult:
     atoms: object  # relaxed ase.Atoms (a copy; the input is untouched); the input copy if not relaxed
-    status: str  # "converged" | "bonds_broken" | "max_steps" | "diverged" | "rejected"
+    status: str  # "converged" | "bonds_broken" | "max_steps" | "diverged" | "unseen_bonds" | "rejected"
     steps: int = 0  # model evaluations spent on this molecule
     t_hat: float = float("nan")  # last predicted step
     t_used: int = -1  # last step denoised at
@@ -24,7 +25,8 @@ class RelaxResult:
 
 def relax_many(atoms_list, *, model=None, policy: Policy | str = "jt", batch_size: int | None = None,
                device=None, progress: bool = True, seed: int | None = 0, trajectory: str | None = None,
-               on_error: str = "raise", swap_every: int | None = None, compile: bool = False) -> list[RelaxResult]:
+               on_error: str = "raise", swap_every: int | None = None, compile: bool = False,
+               seeds=None, labels=None, unseen_bonds: str = "skip") -> list[RelaxResult]:
     """Relax many molecules (any sizes) in one streaming batch; inputs are never modified.
 
     Molecule k uses noise seed ``seed + k`` so that its path does not depend on batch
@@ -35,10 +37,21 @@ def relax_many(atoms_list, *, model=None, policy: Policy | str = "jt", batch_siz
     ``model=None`` picks a shipped checkpoint per molecule (``choose_model``).
     ``compile=True`` runs the network through ``torch.compile``: for large batches (a warm-up of
     seconds, then several times faster on CPU); results agree with eager to ~1e-5 A.
+    ``seeds``: one noise seed per structure instead (a streamed collection seeds entry k with
+    ``seed + k`` whatever shard or chunk it falls in); ``labels``: how messages name each
+    structure (default "structure k"). A molecule with a bond type the checkpoint never saw in
+    training (a thiol's S-H for the drug-like one) is returned unmoved with status
+    "unseen_bonds" and the reason, as ``run_pipeline`` skips diffusion for it; ``unseen_bonds="relax"``
+    relaxes it anyway (with a warning).
     """
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
+    if unseen_bonds not in ("skip", "relax"):
+        raise ValueError(f"unseen_bonds must be 'skip' or 'relax', not {unseen_bonds!r}")
     atoms_list = list(atoms_list)
+    for what, given in (("seeds", seeds), ("labels", labels)):
+        if given is not None and len(given) != len(atoms_list):
+            raise ValueError(f"{what}: {len(given)} given for {len(atoms_list)} structures")
     if not atoms_list:
         raise InputError("empty batch: no structures to relax")
     if trajectory is not None and len(atoms_list) > 1 and "{i}" not in str(trajectory):
@@ -46,15 +59,24 @@ def relax_many(atoms_list, *, model=None, policy: Policy | str = "jt", batch_siz
     results: list[RelaxResult | None] = [None] * len(atoms_list)
     groups: dict = {}  # checkpoint -> indices it relaxes (model=None: chosen per molecule)
     for k, atoms in enumerate(atoms_list):
-        label = f"structure {k}"
+        label = labels[k] if labels is not None else f"structure {k}"
         try:
             m = load_model(model if model is not None else choose_model([atoms], label), device=device,
                            compile=compile)
-            check_for_model(atoms, m, label=label)
+            check_for_model(atoms, m, label=label, warn_unseen=unseen_bonds == "relax")
         except InputError as exc:
             if on_error == "raise":
                 raise
             results[k] = RelaxResult(atoms.copy(), "rejected", reason=str(exc))
+            continue
+        unseen = unseen_bonds_of(atoms, m.card) if unseen_bonds == "skip" else []
+        if unseen:
+            out = atoms.copy()
+            out.info.update(diffusion_status="unseen_bonds", diffusion_model=m.name,
+                            diffusion_level_of_theory=m.level_of_theory, diffusion_model_verified=m.verified)
+            results[k] = RelaxResult(out, "unseen_bonds", reason=(
+                f"bond type(s) {', '.join(unseen)} never occur in the training data of {m.name}: left unmoved "
+                "(unseen_bonds='relax' to relax it anyway)"))
             continue
         groups.setdefault(m, []).append(k)
     bar = None
@@ -65,7 +87,7 @@ def relax_many(atoms_list, *, model=None, policy: Policy | str = "jt", batch_siz
     for m, todo in groups.items():
         sampler = Sampler(m, policy, record=trajectory is not None)
         molecules = [Molecule(atoms_list[k].numbers, atoms_list[k].positions, fixed_mask(atoms_list[k]),
-                              None if seed is None else seed + k) for k in todo]
+                              seeds[k] if seeds is not None else None if seed is None else seed + k) for k in todo]
         outcomes, _ = sampler.run(molecules, batch_size=batch_size or default_batch_size(sampler.device),
                                   swap_every=swap_every or (4 if sampler.device.type == "cuda" else 1), progress=bar)
         for k, oc in zip(todo, outcomes):

@@ -14,10 +14,9 @@ from importlib import resources
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 
 from ..files import atomic_save_tensors, atomic_write_json
-from .model import Denoiser, ModelConfig
+from .model import Denoiser
 from .schedule import NoiseSchedule
 
 _LOADED: dict = {}
@@ -29,7 +28,20 @@ def checkpoint_dir() -> Path:
 
 
 def registry() -> dict:
-    return json.loads((checkpoint_dir() / "registry.json").read_text())
+    """The registry, checked for the shape the loader relies on (one line naming what is wrong)."""
+    path = checkpoint_dir() / "registry.json"
+    try:
+        reg = json.loads(path.read_text())
+    except ValueError as exc:
+        raise IntegrityError(f"{path}: not JSON ({exc}); reinstall ase_diffrelax") from None
+    if not isinstance(reg, dict) or not isinstance(reg.get("models"), dict) or not reg["models"]:
+        raise IntegrityError(f"{path}: no 'models' table naming the shipped checkpoints; reinstall ase_diffrelax")
+    for name, entry in reg["models"].items():
+        if not isinstance(entry, dict) or not all(isinstance(entry.get(k), str) for k in ("weights", "card", "sha256")):
+            raise IntegrityError(f"{path}: entry {name!r} needs 'weights', 'card' and 'sha256' strings")
+        if not isinstance(entry.get("elements", []), list):
+            raise IntegrityError(f"{path}: entry {name!r}: 'elements' must be a list of element symbols")
+    return reg
 
 
 def available_models() -> dict[str, dict]:
@@ -84,34 +96,11 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-_HASHED: dict = {}
-
-
-def cached_sha256(path: Path) -> str:
-    """sha256 of a file, computed once per (path, size, mtime) per process and remembered on disk in
-    the user cache so that a verified checkpoint costs one hash, not one per load."""
-    path = Path(path).resolve()
-    st = path.stat()
-    key = f"{path}|{st.st_size}|{st.st_mtime_ns}"
-    if key in _HASHED:
-        return _HASHED[key]
-    store = Path(os.environ.get("ASE_DIFFRELAX_CACHE", Path.home() / ".cache" / "ase_diffrelax")) / "sha256.json"
-    known = {}
-    try:
-        known = json.loads(store.read_text())
-    except (OSError, ValueError):
-        pass
-    digest = known.get(key) if isinstance(known, dict) else None
-    if not (isinstance(digest, str) and len(digest) == 64):
-        digest = sha256(path)
-        try:
-            known = known if isinstance(known, dict) else {}
-            known[key] = digest
-            atomic_write_json(store, known)
-        except OSError:
-            pass  # a read-only home: hash again next time
-    _HASHED[key] = digest
-    return digest
+def card_digest(card: dict) -> str:
+    """sha256 of a saved card's content (canonical JSON, without the ``card_sha256`` field itself):
+    a saved checkpoint's config, calibration and limits are covered as its weights are."""
+    body = {k: v for k, v in card.items() if k != "card_sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 class IntegrityError(ValueError):
@@ -193,8 +182,16 @@ def save_model(path: str | os.PathLike, net: Denoiser, schedule: NoiseSchedule, 
     card["format"] = "ase_diffrelax/1"
     card["config"] = net.config.todict()
     card["schedule"] = schedule.todict()
+    card = json.loads(json.dumps(card, default=_plain))  # what the file will hold, so the digest matches on load
+    card["card_sha256"] = card_digest(card)
     atomic_write_json(base.with_suffix(".json"), card)
     return base
+
+
+def _plain(obj):
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
 def resolve(name_or_path: str | os.PathLike | None) -> Path:
@@ -239,24 +236,25 @@ def load_model(name_or_path=None, device=None, compile: bool = False) -> LoadedM
     base = resolve(name_or_path)
     dev = pick_device(device)
     weights = base.with_suffix(".safetensors")
-    key = (str(base.resolve()), str(dev), weights.stat().st_mtime_ns, base.with_suffix(".json").stat().st_mtime_ns,
-           str(checkpoint_dir()))
+    weight_bytes, card_bytes = weights.read_bytes(), base.with_suffix(".json").read_bytes()
+    # every load hashes the bytes it uses (2.6 MB: ~3 ms, docs/benchmarks.md): no size/mtime shortcut
+    digests = hashlib.sha256(weight_bytes).hexdigest(), hashlib.sha256(card_bytes).hexdigest()
+    key = (str(base.resolve()), str(dev), digests, str(checkpoint_dir()))
     if key in _LOADED:
         return _LOADED[key]
     try:
-        card = json.loads(base.with_suffix(".json").read_text())
+        card = json.loads(card_bytes)
     except ValueError as exc:
         raise ValueError(f"{base}.json: not a JSON model card ({exc})") from None
     if not isinstance(card, dict) or not isinstance(card.get("config"), dict):
         raise ValueError(f"{base}.json: model card without a 'config' section (the network's width, depth and "
                          "elements): not a checkpoint written by ase_diffrelax.save_model")
-    card, verified = _verify(base, weights, card)
-    try:
-        config = ModelConfig.fromdict(card["config"])
-    except (TypeError, ValueError, KeyError) as exc:
-        raise ValueError(f"{base}.json: bad 'config' section ({type(exc).__name__}: {exc})") from None
+    card, verified = _verify(base, weights, card, digests)
+    from .card import check_card, load_weights
+
+    config = check_card(card, f"{base}.json")
     net = Denoiser(config)
-    net.load_state_dict(load_file(str(weights)))
+    net.load_state_dict(load_weights(weight_bytes, net, str(weights)))
     net.eval()
     if card.get("schedule", net.schedule.todict()) != net.schedule.todict():
         raise ValueError(f"{base}.json: card schedule {card['schedule']} differs from the model config's "
@@ -267,10 +265,13 @@ def load_model(name_or_path=None, device=None, compile: bool = False) -> LoadedM
     return model
 
 
-def _verify(base: Path, weights: Path, card: dict) -> tuple[dict, str]:
-    """Check the weights against the registry's sha256 (shipped checkpoints) or the card's own
-    ``weights_sha256`` (saved ones); for a shipped checkpoint the registry, not its editable card,
-    says which elements, charges and level of theory it is for. Returns (card, how it was verified)."""
+def _verify(base: Path, weights: Path, card: dict, digests: tuple[str, str]) -> tuple[dict, str]:
+    """Check the weights and the card against the registry's sha256s (shipped checkpoints) or the
+    card's own ``weights_sha256`` and ``card_sha256`` (saved ones); for a shipped checkpoint the
+    registry, not its card, says which elements, charges and level of theory it is for. A load
+    that cannot be verified warns. Returns (card, how it was verified)."""
+    import warnings
+
     from ase.data import atomic_numbers
 
     root = checkpoint_dir().resolve()
@@ -280,11 +281,15 @@ def _verify(base: Path, weights: Path, card: dict) -> tuple[dict, str]:
             if _registered_base(name, e) == base.resolve():
                 entry = e
     if entry is not None:
-        digest = cached_sha256(weights)
+        digest = digests[0]
         if digest != entry.get("sha256"):
             raise IntegrityError(f"{weights}: sha256 {digest[:12]}... does not match the registry's "
                                  f"{str(entry.get('sha256'))[:12]}...: the shipped weights are damaged or were "
                                  "replaced; reinstall ase_diffrelax")
+        if entry.get("card_sha256") and digests[1] != entry["card_sha256"]:
+            raise IntegrityError(f"{base}.json: sha256 {digests[1][:12]}... does not match the registry's "
+                                 f"{entry['card_sha256'][:12]}...: the shipped card was edited or damaged; "
+                                 "reinstall ase_diffrelax")
         elements = sorted(atomic_numbers[e] for e in entry["elements"])
         if sorted(card["config"].get("elements", [])) != elements:
             raise IntegrityError(f"{base}.json: its elements {card['config'].get('elements')} differ from the "
@@ -294,11 +299,18 @@ def _verify(base: Path, weights: Path, card: dict) -> tuple[dict, str]:
             card["max_heavy_atoms"] = int(entry["heavy_atoms"][1])
         if "bonded_pairs" in entry:
             card["bonded_pairs"] = list(entry["bonded_pairs"])
-        return card, "registry sha256"
+        return card, "registry sha256" if entry.get("card_sha256") else "registry sha256 (weights only)"
     if card.get("weights_sha256"):
-        digest = cached_sha256(weights)
-        if digest != card["weights_sha256"]:
-            raise IntegrityError(f"{weights}: sha256 {digest[:12]}... does not match its card's weights_sha256 "
-                                 f"{card['weights_sha256'][:12]}...: the weights are damaged or belong to another card")
-        return card, "card sha256 (not a registered checkpoint)"
-    return card, "unverified (loaded by path, no weights_sha256 in its card)"
+        if digests[0] != card["weights_sha256"]:
+            raise IntegrityError(f"{weights}: sha256 {digests[0][:12]}... does not match its card's weights_sha256 "
+                                 f"{str(card['weights_sha256'])[:12]}...: the weights are damaged or belong to another card")
+        if card.get("card_sha256"):
+            if card_digest(card) != card["card_sha256"]:
+                raise IntegrityError(f"{base}.json: its content does not match its card_sha256: the card (config, "
+                                     "calibration or limits) was edited after it was saved")
+            return card, "card sha256 (not a registered checkpoint)"
+        verified = "unverified card (weights match its weights_sha256; the card itself carries no card_sha256)"
+    else:
+        verified = "unverified (loaded by path, no weights_sha256 in its card)"
+    warnings.warn(f"{base}: {verified}: nothing vouches for this checkpoint's files", UserWarning, stacklevel=3)
+    return card, verified

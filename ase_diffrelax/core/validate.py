@@ -121,10 +121,10 @@ def unseen_bonds(atoms, card: dict) -> list[str]:
     return sorted(bonded_pairs(atoms.numbers, atoms.positions) - set(known))
 
 
-def check_for_model(atoms, model, label: str = "input") -> None:
+def check_for_model(atoms, model, label: str = "input", warn_unseen: bool = True) -> None:
     """``check_atoms`` with the limits a loaded checkpoint states in its card."""
     check_atoms(atoms, model.elements, model.card.get("max_atoms"), label=label, card=model.card)
-    unseen = unseen_bonds(atoms, model.card)
+    unseen = unseen_bonds(atoms, model.card) if warn_unseen else []
     if unseen:
         warnings.warn(f"{label}: bond type(s) {', '.join(unseen)} never occur in the training data of "
                       f"{model.name}: the denoiser may distort them (run_pipeline skips diffusion for such molecules)",

@@ -164,17 +164,56 @@ def load_structures(path: str | os.PathLike, index: str = ":") -> MoleculeSet:
     from ase.io import read
 
     p = str(path)
-    if p.endswith(".db"):
-        from ase.db import connect
+    if not os.path.isfile(p):
+        raise FileNotFoundError(f"{p}: no such file")
+    if os.path.getsize(p) == 0:
+        raise ValueError(f"{p}: empty file, no structures to train on")
+    try:
+        if p.endswith(".db"):
+            from ase.db import connect
 
-        atoms_list = [row.toatoms() for row in connect(p).select()]
-    else:
-        atoms_list = read(p, index=index)
-        if not isinstance(atoms_list, list):
-            atoms_list = [atoms_list]
+            atoms_list = [row.toatoms() for row in connect(p).select()]
+        else:
+            atoms_list = read(p, index=index)
+    except Exception as exc:  # ASE's readers raise many types for malformed files
+        raise ValueError(f"{p}: cannot read it as training structures ({type(exc).__name__}: {exc})") from None
+    if not isinstance(atoms_list, list):
+        atoms_list = [atoms_list]
     if not atoms_list:
         raise ValueError(f"{p}: no structures found")
     return MoleculeSet.from_atoms_list(atoms_list)
+
+
+def check_molecules(ms: MoleculeSet, elements, source: str, min_distance: float = 0.5, frames: bool = False) -> None:
+    """Refuse, naming the molecule, training data that would train silently wrong: an element the
+    model has no embedding row for, NaN or infinite positions, overlapping atoms. ``frames``: the
+    ids are 1 + the frame number of a user's file (``load_structures``), and messages say so."""
+    from ase.data import chemical_symbols
+
+    which = (lambda i: f"{source}: frame {int(ms.ids[i]) - 1}") if frames else (  # noqa: E731
+        lambda i: f"{source}: molecule id {int(ms.ids[i])}")
+    mol_of_atom = lambda a: int(np.searchsorted(ms.offsets, a, side="right") - 1)  # noqa: E731
+    unknown = ~np.isin(ms.numbers.astype(np.int64), np.asarray(elements, dtype=np.int64))
+    if unknown.any():
+        a = int(np.argmax(unknown))
+        z = int(ms.numbers[a])
+        name = chemical_symbols[z] if 0 <= z < len(chemical_symbols) else str(z)
+        known = ",".join(chemical_symbols[e] for e in elements)
+        raise ValueError(f"{which(mol_of_atom(a))}: element {name} is not among the model's elements ({known}); "
+                         "add it with --elements")
+    bad = ~np.isfinite(ms.positions).all(1)
+    if bad.any():
+        raise ValueError(f"{which(mol_of_atom(int(np.argmax(bad))))}: NaN or infinite positions")
+    for i in range(len(ms)):
+        x = ms.positions[ms.offsets[i]:ms.offsets[i + 1]].astype(np.float64)
+        if len(x) < 2:
+            raise ValueError(f"{which(i)}: {len(x)} atom(s); a molecule needs at least 2")
+        d = np.sqrt(((x[:, None] - x[None]) ** 2).sum(-1))
+        np.fill_diagonal(d, np.inf)
+        if d.min() < min_distance:
+            j, k = np.unravel_index(np.argmin(d), d.shape)
+            raise ValueError(f"{which(i)}: atoms {min(j, k)} and {max(j, k)} overlap ({d.min():.3f} A apart): "
+                             "not an equilibrium structure")
 
 
 def mmff_starts(ms: MoleculeSet | None = None, name: str = "qm9_mmff_ref.npz", progress: bool = False) -> np.ndarray:

@@ -59,3 +59,56 @@ def moses_entries(n_train: int = 30000, n_val: int = 1000, n_test: int = 600, se
     val = [(int(r), train[r], "val") for r in val_rows]
     tr = [(int(r), train[r], "train") for r in train_rows]
     return val + tr[:train_first] + test_parts["test"] + test_parts["test_scaffolds"] + tr[train_first:]
+
+
+# Bond types the random draw misses (measured, benchmarks/coverage.py): MOSES has no thiol at all,
+# and N-O single / N=S double bonds are rare (426 / 29 of 1.58 M train rows).
+RARE_BOND_SMARTS = {"N-O single": "[#7]-[#8]", "N=S double": "[#7]=[#16]"}
+THIOL_FROM_HYDROXYL = {"aliphatic thiol": "[CX4][OX2H1]", "thiophenol": "c[OX2H1]"}
+
+
+def moses_coverage_entries(n_per_thiol_kind: int = 150, n_val: int = 1000, n_train: int = 30000,
+                           seed: int = 0) -> list[tuple[int, str, str]]:
+    """Training molecules for chemistry the random draw lacks, never from validation rows.
+
+    Every MOSES ``train`` row with a rare bond type (``RARE_BOND_SMARTS``) outside our validation
+    rows, plus thiols made from MOSES train alcohols and phenols by replacing one OH with SH
+    (MOSES itself filtered thiols out, so no real one exists to draw). Ids are MOSES train row
+    numbers; a thiol's id is its parent's row. All go to split 'train'.
+    """
+    from rdkit import Chem, RDLogger
+
+    RDLogger.DisableLog("rdApp.*")
+    train = moses_smiles("train")
+    perm = np.random.default_rng(seed).permutation(len(train))
+    val_rows = set(perm[:n_val].tolist())
+    drawn = set(perm[n_val:n_val + n_train].tolist())
+    rare = [Chem.MolFromSmarts(s) for s in RARE_BOND_SMARTS.values()]
+    edits = {k: Chem.MolFromSmarts(v) for k, v in THIOL_FROM_HYDROXYL.items()}
+    rare_entries, thiols = [], {k: [] for k in edits}
+    order = np.random.default_rng(seed + 1).permutation(len(train))
+    for row in order.tolist():
+        if row in val_rows:
+            continue
+        smi = train[row]
+        if not any(c in smi for c in "OSos"):
+            continue
+        mol = Chem.MolFromSmiles(smi)
+        if mol is None:
+            continue
+        if row not in drawn and any(mol.HasSubstructMatch(p) for p in rare):
+            rare_entries.append((row, smi, "train"))
+            continue
+        for kind, pattern in edits.items():
+            hits = mol.GetSubstructMatches(pattern) if len(thiols[kind]) < n_per_thiol_kind else ()
+            if hits:
+                new = Chem.RWMol(mol)
+                new.GetAtomWithIdx(hits[0][1]).SetAtomicNum(16)  # the OH's oxygen becomes S, H kept
+                try:
+                    Chem.SanitizeMol(new)
+                except Exception:  # noqa: BLE001 - an edit RDKit cannot sanitise is simply not used
+                    continue
+                thiols[kind].append((row, Chem.MolToSmiles(new), "train"))
+                break
+    thiol_entries = [e for pair in zip(*thiols.values()) for e in pair]
+    return thiol_entries + sorted(rare_entries)

@@ -35,7 +35,10 @@ def init_from(net: Denoiser, checkpoint) -> dict:
     fine-tune begins from the checkpoint's chemistry rather than from noise. Returns what was done."""
     from ..core.checkpoint import load_model
 
-    src = load_model(checkpoint, device="cpu")
+    src = load_model(checkpoint, device="cpu")  # a tampered registered or saved checkpoint raises here
+    if src.verified.startswith("unverified"):
+        raise ValueError(f"--init {checkpoint}: {src.verified}; a fine-tune would pass it on as verified, so only a "
+                         "registered checkpoint or one whose card carries its sha256s can start a run")
     a, b = src.net.config, net.config
     for key in ("features", "blocks", "rbf", "cutoff", "time_features", "time_target", "schedule_T", "schedule_s"):
         if getattr(a, key) != getattr(b, key):

@@ -62,9 +62,31 @@ class TrainConfig:
     model: dict = field(default_factory=lambda: ModelConfig().todict())
 
 
+def check_config(cfg: TrainConfig) -> None:
+    """Numbers a run cannot use, refused before anything is loaded (one line each)."""
+    whole = {"steps": 1, "batch_size": 1, "val_every": 1, "ckpt_every": 1, "val_molecules": 1, "plateau_patience": 1,
+             "threads": 0, "max_train_molecules": 0, "lr_decay_start": 0, "lr_decay_end": 0}
+    for name, low in whole.items():
+        value = getattr(cfg, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"{name.replace('_', '-')} = {value!r}: must be a whole number >= {low}")
+    for name, low, high in (("lr", 0.0, 1.0), ("min_lr", 0.0, 1.0), ("mmff_fraction", 0.0, 1.0),
+                            ("teacher_forcing", 0.0, 1.0), ("ema_decay", 0.0, 1.0), ("grad_clip", 0.0, math.inf),
+                            ("weight_decay", 0.0, math.inf), ("time_weight", 0.0, math.inf)):
+        value = float(getattr(cfg, name))
+        if not (math.isfinite(value) or value == high) or not low <= value <= high:
+            raise ValueError(f"{name.replace('_', '-')} = {value!r}: must lie in [{low}, {high}]")
+    if cfg.lr <= 0:
+        raise ValueError(f"lr = {cfg.lr!r}: must be > 0")
+    a, b = cfg.lr_decay_start, cfg.lr_decay_end
+    if (a, b) != (0, 0) and not a < b:
+        raise ValueError(f"--lr-decay {a}:{b}: the cosine decay must end after it starts (START < END)")
+
+
 class Trainer:
     def __init__(self, cfg: TrainConfig, data: TrainingData | None = None, val: TrainingData | None = None,
                  progress: bool = True):
+        check_config(cfg)
         self.cfg = cfg
         self.rank, self.world = distributed_context()
         self.out = Path(cfg.out)
@@ -119,6 +141,13 @@ class Trainer:
             self.val = TrainingData(*sub(val_sel))
             if np.any(self.data.ms.ids % 10 == 0):
                 raise ValueError("training data contains QM9 test-split molecules (Index % 10 == 0)")
+
+    def check_data(self) -> None:
+        from .data import check_molecules
+
+        user_file = bool(self.cfg.data) and not self.cfg.data.endswith(".npz")
+        for part in (self.data, self.val):
+            check_molecules(part.ms, self.cfg.model["elements"], self.cfg.data or "QM9", frames=user_file)
 
     def _xtb_dataset(self):
         """A dataset from ``ase-diffrelax dataset``: its train/val split, its MMFF94 minima as starts."""
@@ -370,6 +399,7 @@ class Trainer:
 
     def _train(self, steps, stop_after_s, stop: list):
         self.ensure_data()
+        self.check_data()
         if self.train_molecules is not None and self.train_molecules != len(self.data):
             # a dataset that grew between sessions (a build still running): part of the curriculum
             self.history.append({"step": self.step,
@@ -468,6 +498,10 @@ def _run_training(cfg: TrainConfig, resume: bool, progress: bool, stop_after_s) 
         for k in ("model", "batch_size"):
             if saved[k] != asdict(cfg)[k]:
                 raise ValueError(f"--resume: {k} differs from the run in {cfg.out} ({saved[k]} != {asdict(cfg)[k]})")
+        if saved.get("data", "") != cfg.data:
+            raise ValueError(f"--resume: --data {cfg.data or '(QM9)'} differs from the run in {cfg.out}, which "
+                             f"trained on {saved.get('data') or '(QM9)'}: resume with that data, or start a new --out "
+                             "(--init can start it from this run's best checkpoint)")
         saved = {**asdict(TrainConfig()), **saved}  # options newer than the run count as their defaults
         changed = {k: [saved[k], v] for k, v in asdict(cfg).items() if saved[k] != v
                    and k in ("mmff_fraction", "teacher_forcing", "time_weight", "steps", "lr",

@@ -12,12 +12,11 @@ not relaxed, ``reason``; a bad entry never stops the run.
 from __future__ import annotations
 
 import os
-import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..files import ExclusiveLock, append_jsonl, read_jsonl
+from ..files import ExclusiveLock, append_jsonl, read_jsonl, write_failed
 
 STAGES = ("read", "conformer", "diffusion", "write")
 
@@ -119,6 +118,13 @@ def iter_xyz_frames(path: str, parse: bool = True):
         text = line.strip()
         return int(text) if text.isdigit() else None
 
+    def atom_line(line):  # "symbol x y z ...": a number-only or one-word line is a (bad) header instead
+        parts = line.split()
+        try:
+            return len(parts) >= 4 and len([float(v) for v in parts[1:4]]) == 3
+        except ValueError:
+            return False
+
     k, lineno, pending = 0, 0, None
     with open(path) as fh:
         while True:
@@ -143,15 +149,36 @@ def iter_xyz_frames(path: str, parse: bool = True):
                 k += 1
                 continue
             block = [line]
-            for _ in range(n + 1):
+            for j in range(n + 1):
                 nxt = fh.readline()
                 if not nxt:
                     break
+                if j > 0 and count(nxt) is not None:  # the next frame's header: this count was too large
+                    pending = nxt
+                    break
                 block.append(nxt)
             lineno += len(block) - 1
+            if pending is not None:
+                yield k, None, (f"frame {k} (line {start}): its atom count says {n} but only {len(block) - 2} "
+                                "atom lines follow before the next frame")
+                k += 1
+                continue
             if len(block) < n + 2:
                 yield k, None, f"frame {k} (line {start}): file ends after {max(0, len(block) - 2)} of {n} atom lines"
                 return
+            extra = 0
+            while True:  # after n atom lines comes a header, blank lines or the end: more atoms mean a wrong count
+                nxt = fh.readline()
+                if not nxt or (nxt.strip() and not atom_line(nxt)):
+                    pending = nxt or None
+                    break
+                lineno += 1
+                extra += bool(nxt.strip())
+            if extra:
+                yield k, None, (f"frame {k} (line {start}): its atom count says {n} but {n + extra} atom lines "
+                                "follow; not relaxed as a smaller molecule")
+                k += 1
+                continue
             if not parse:
                 yield k, None, ""
             else:
@@ -162,10 +189,52 @@ def iter_xyz_frames(path: str, parse: bool = True):
             k += 1
 
 
-class _Output:
-    """Appends result rows; knows which input indices are already there."""
+def entry_label(e: Entry) -> str:
+    """How warnings and reasons name an entry: its index in the whole input, and its name."""
+    return f"entry {e.index}" + (f" ({e.name})" if e.name else "")
 
-    def __init__(self, path: str, resume: bool):
+
+def job_identity(input_path: str, shard: tuple[int, int], model, policy, seed: int, conformer_seed: int) -> dict:
+    """What decides an output's rows: the input (path and content hash), the shard and every option
+    that changes results. ``--resume`` continues an output only for the same job."""
+    from ..core.checkpoint import sha256
+    from ..core.policy import make_policy
+
+    if model is None:
+        model_id = "auto"
+    elif hasattr(model, "card"):
+        model_id = str(model.path or model.name)
+    else:
+        model_id = str(model)
+    return {"input": str(Path(input_path).resolve()), "input_sha256": sha256(Path(input_path)),
+            "shard": [int(v) for v in shard], "model": model_id, "policy": make_policy(policy).spec(),
+            "seed": int(seed), "conformer_seed": int(conformer_seed)}
+
+
+class ResumeMismatch(ValueError):
+    """``--resume`` onto an output that another job (input, shard or options) wrote."""
+
+
+def _check_same_job(path: str, before: dict | None, now: dict) -> None:
+    if before is None:  # written before outputs recorded their job (ase_diffrelax < 0.4): nothing to compare
+        return
+    show = {"input": lambda j: f"{j['input']} (sha256 {str(j['input_sha256'])[:12]})",
+            "shard": lambda j: "/".join(str(v) for v in j["shard"])}
+    diffs = []
+    for key in ("input_sha256", "shard", "model", "policy", "seed", "conformer_seed"):
+        if before.get(key) != now[key]:
+            name = "input" if key == "input_sha256" else key
+            fmt = show.get(name, lambda j, k=key: str(j.get(k)))
+            diffs.append(f"{name} {fmt(now)} (the output has {fmt(before)})")
+    if diffs:
+        raise ResumeMismatch(f"{path}: --resume continues only the job that wrote it; this run differs in "
+                             + "; ".join(diffs) + ": write to a new output")
+
+
+class _Output:
+    """Appends result rows; knows which input indices are already there and which job wrote them."""
+
+    def __init__(self, path: str, resume: bool, job: dict | None = None):
         self.path = str(path)
         self.db = self.path.lower().endswith(".db")
         self.progress = Path(self.path + ".progress.jsonl")
@@ -176,7 +245,11 @@ class _Output:
         if not exists:
             if self.progress.exists():
                 self.progress.unlink()
+            if job is not None:
+                self._record_job(job)
             return
+        if job is not None:
+            _check_same_job(self.path, self._recorded_job(), job)
         if self.db:
             from ase.db import connect
 
@@ -196,7 +269,37 @@ class _Output:
             for r in records:
                 self.done.update(r["indices"])
 
+    def _record_job(self, job: dict) -> None:
+        import sqlite3
+
+        try:
+            if self.db:
+                from ase.db import connect
+
+                connect(self.path, use_lock_file=False).metadata = {"ase_diffrelax_job": job}
+            else:
+                Path(self.path).touch()
+                append_jsonl(self.progress, [{"bytes": 0, "indices": [], "job": job}])
+        except (OSError, sqlite3.OperationalError) as exc:
+            raise write_failed(self.path, exc) from exc
+
+    def _recorded_job(self) -> dict | None:
+        if self.db:
+            from ase.db import connect
+
+            return connect(self.path, use_lock_file=False).metadata.get("ase_diffrelax_job")
+        jobs = [r["job"] for r in read_jsonl(self.progress) if "job" in r]
+        return jobs[0] if jobs else None
+
     def write(self, rows: list) -> None:
+        import sqlite3
+
+        try:
+            self._write(rows)
+        except (OSError, sqlite3.OperationalError) as exc:
+            raise write_failed(self.path, exc) from exc
+
+    def _write(self, rows: list) -> None:
         if self.db:
             from ase.db import connect
 
@@ -214,15 +317,29 @@ class _Output:
             a.calc = None
             a.info.update({k: v for k, v in kv.items() if v not in ("", None)})
             frames.append(a)
-        with open(self.path, "a") as fh:
-            write(fh, frames, format="extxyz")
-            fh.flush()
-            os.fsync(fh.fileno())
+        good = os.path.getsize(self.path) if os.path.exists(self.path) else 0
+        try:
+            with open(self.path, "a") as fh:
+                write(fh, frames, format="extxyz")
+                fh.flush()
+                os.fsync(fh.fileno())
+        except OSError:
+            with open(self.path, "r+b") as fh:  # drop the torn chunk now, so the file stays readable
+                fh.truncate(good)
+            raise
         append_jsonl(self.progress, [{"bytes": os.path.getsize(self.path), "indices": [kv["input_index"] for _, kv in rows]}])
 
     def finish(self, header: dict) -> None:
         """Record what a complete shard holds, so that ``merge`` can tell a missing entry from the
         end of the input."""
+        import sqlite3
+
+        try:
+            self._finish(header)
+        except (OSError, sqlite3.OperationalError) as exc:
+            raise write_failed(self.path, exc) from exc
+
+    def _finish(self, header: dict) -> None:
         if self.db:
             from ase.db import connect
 
@@ -340,7 +457,7 @@ def _relax_collection(input_path, output_path, *, shard, resume, model, policy, 
     from ..adapters.batch import relax_many
     from ..chem.rdkit_interop import atoms_from_smiles
 
-    out = _Output(output_path, resume)
+    out = _Output(output_path, resume, job_identity(input_path, shard, model, policy, seed, conformer_seed))
     stats = CollectionStats()
     max_heavy = max_heavy_atoms_accepted(model)
     seen: dict = {}
@@ -374,19 +491,21 @@ def _relax_collection(input_path, output_path, *, shard, resume, model, policy, 
         stats.seconds["conformer"] += time.perf_counter() - t0
         t0 = time.perf_counter()
         ok = [e for e in chunk if e.atoms is not None and not e.error]
-        results = relax_many([e.atoms for e in ok], model=model, policy=policy, seed=seed, batch_size=batch_size,
-                             device=device, progress=False, on_error="skip", compile=compile) if ok else []
+        labels = [entry_label(e) for e in ok]
+        results = relax_many([e.atoms for e in ok], model=model, policy=policy, batch_size=batch_size, device=device,
+                             progress=False, on_error="skip", compile=compile, labels=labels,
+                             seeds=[seed + e.index for e in ok]) if ok else []
         stats.seconds["diffusion"] += time.perf_counter() - t0
         t0 = time.perf_counter()
-        by_index = {e.index: r for e, r in zip(ok, results)}
+        by_index = {e.index: (r, label) for e, r, label in zip(ok, results, labels)}
         rows = []
         for e in chunk:
             kv = {"input_index": e.index, "name": e.name, "smiles": e.smiles}
-            r = by_index.get(e.index)
+            r, label = by_index.get(e.index, (None, ""))
             if r is None:
                 atoms, kv["status"], kv["reason"] = (e.atoms if e.atoms is not None else Atoms()), "rejected", e.error
             else:
-                reason = re.sub(r"^structure \d+: ", "", r.reason)
+                reason = r.reason.removeprefix(f"{label}: ")
                 atoms, kv["status"], kv["reason"] = r.atoms, r.status, reason
                 kv.update(diffusion_steps=r.steps, diffusion_model=r.atoms.info.get("diffusion_model"),
                           topology_changed=bool(r.topology.get("changed")))
@@ -422,7 +541,12 @@ def count_input_entries(path: str) -> int:
     return n if n is not None else sum(1 for _ in iter_entries(path))
 
 
-def merge_outputs(inputs: list[str], output: str, expected: int | None = None) -> dict:
+def _plain(value):
+    """An info value as ASE's db takes it: numpy scalars (what extxyz gives back) become Python ones."""
+    return value.item() if hasattr(value, "item") and getattr(value, "ndim", 1) == 0 else value
+
+
+def merge_outputs(inputs: list[str], output: str, expected: int | None = None, overwrite: bool = False) -> dict:
     """Join shard outputs into one, ordered by input index; refuses missing inputs, duplicates
     and an existing output, and reports gaps up to the input's size (``expected``, else the
     shards' headers written when each finished; without either, up to the highest index seen)."""
@@ -431,8 +555,8 @@ def merge_outputs(inputs: list[str], output: str, expected: int | None = None) -
     missing_files = [p for p in inputs if not Path(p).is_file()]
     if missing_files:
         raise FileNotFoundError(f"merge: no such file(s): {', '.join(missing_files)}")
-    if Path(output).exists():
-        raise FileExistsError(f"{output} exists")
+    if Path(output).exists() and not overwrite:
+        raise FileExistsError(f"{output} exists: pass --overwrite to replace it, or choose another output")
     check_output_path(output, streaming=True, inputs=inputs)
     rows, sizes, unfinished = [], set(), []
     for p in inputs:
@@ -444,12 +568,22 @@ def merge_outputs(inputs: list[str], output: str, expected: int | None = None) -
         if p.lower().endswith(".db"):
             from ase.db import connect
 
+            part = []
             for row in connect(p).select():
                 a = row.toatoms()
                 a.info.update(row.key_value_pairs)
-                rows.append(a)
+                part.append(a)
         else:
-            rows.extend(iread(p, index=":"))
+            try:
+                part = list(iread(p, index=":"))
+            except Exception as exc:  # ASE raises many types for files it cannot read
+                raise ValueError(f"merge: {p} is not readable as a relax output ({type(exc).__name__}: {exc})") from None
+        for k, a in enumerate(part):
+            if "input_index" not in a.info:
+                raise ValueError(f"merge: {p} row {k} has no input_index: not an output of 'ase-diffrelax relax' "
+                                 "(streaming mode), so it cannot be merged")
+            a.info = {key: _plain(v) for key, v in a.info.items()}
+        rows.extend(part)
     if expected is None and len(sizes) > 1:
         raise ValueError(f"merge: the shards come from inputs of different sizes {sorted(sizes)}: not one collection")
     n_expected = expected if expected is not None else (sizes.pop() if sizes else None)
@@ -463,6 +597,9 @@ def merge_outputs(inputs: list[str], output: str, expected: int | None = None) -
     upto = n_expected if n_expected is not None else (order[-1] + 1 if order else 0)
     missing = sorted(set(range(upto)) - set(order))
     with ExclusiveLock(output, "this output"):
+        if overwrite and Path(output).exists():
+            Path(output).unlink()
+            Path(output + ".progress.jsonl").unlink(missing_ok=True)
         if output.lower().endswith(".db"):
             from ase.db import connect
 
