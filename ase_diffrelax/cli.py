@@ -176,6 +176,20 @@ def _relax(args) -> int:
     return 0
 
 
+def _announce_stage(k, stage, stages, route) -> None:
+    """One stderr line as each pipeline stage starts: DFT can be quiet for minutes before its first step."""
+    what = {"mmff": "ETKDG + MMFF94", "diffusion": "diffusion denoiser", "xtb": "GFN2-xTB", "dft": "PySCF DFT"}[stage]
+    how = ""
+    if route is not None:
+        optimizer, hessian = route
+        how = f", {optimizer}" + (f" from a {hessian} Hessian" if isinstance(hessian, str) and hessian != "identity"
+                                  else "")
+        if hessian == "xtb":
+            how += " (the GFN2-xTB Hessian is computed first: 6N gradients)"
+    slow = "; each DFT gradient takes seconds to minutes, every step is logged" if stage == "dft" else ""
+    print(f"ase-diffrelax: stage {k + 1}/{len(stages)}: {what}{how}{slow}", file=sys.stderr, flush=True)
+
+
 def _pipeline(args) -> int:
     import os
 
@@ -204,7 +218,8 @@ def _pipeline(args) -> int:
                           policy=_policy(args), seed=args.seed, conformer_seed=args.conformer_seed,
                           charge=args.charge, uhf=args.uhf, strict=args.strict, traj_prefix=args.traj,
                           physics_params=params, physics_log="-" if args.verbose or args.to == "dft" else None,
-                          optimizer=args.optimizer, hessian=args.hessian)
+                          optimizer=args.optimizer, hessian=args.hessian,
+                          on_stage=None if args.quiet else _announce_stage)
     if args.output:
         from .files import atomic_write_atoms
 
@@ -253,13 +268,17 @@ def _dataset(args) -> int:
 
 
 def _models(args) -> int:
-    from .core.checkpoint import available_models
+    from .core.checkpoint import available_models, registry
 
+    default = registry()["default"]
     for name, entry in available_models().items():
         lo, hi = entry.get("atoms", ["?", "?"])
         heavy = " ({}-{} heavy)".format(*entry["heavy_atoms"]) if "heavy_atoms" in entry else ""
-        print(f"{name}: {entry.get('level_of_theory')}; elements {' '.join(entry.get('elements', []))}; "
+        mark = " [default: load_model()]" if name == default else ""
+        print(f"{name}{mark}: {entry.get('level_of_theory')}; elements {' '.join(entry.get('elements', []))}; "
               f"{lo}-{hi} atoms{heavy}; charges {entry.get('charges', [0])}")
+    print("without --model, relax and pipeline choose per molecule: the first of "
+          f"{', '.join(registry().get('choice_order', []))} that knows its elements and size")
     return 0
 
 
@@ -306,7 +325,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--quiet", action="store_true", help="no progress bar")
     r.set_defaults(func=_relax)
 
-    q = sub.add_parser("pipeline", help="MMFF94 -> diffusion -> BFGS(xTB | DFT) on a SMILES or a file ([xtb]/[dft])")
+    q = sub.add_parser("pipeline", help="MMFF94 -> diffusion -> xTB (Sella) or DFT (BFGS from the xTB Hessian): "
+                       "the measured routes, on a SMILES or a file ([xtb]/[dft])")
     q.add_argument("start", help="a SMILES string or an ASE-readable file")
     q.add_argument("--index", default="-1", help="frame of a multi-frame file")
     q.add_argument("--to", choices=["xtb", "dft"], default="xtb", help="physics stage: GFN2-xTB (tblite) or PySCF DFT")
@@ -342,10 +362,12 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--xc", default="b3lyp", help="DFT functional, with a dispersion correction as PySCF names it "
                    "(b3lyp-d3bj)")
     q.add_argument("--basis", default="6-31g(2df,p)", help="DFT basis (QM9's level by default)")
-    q.add_argument("--density-fit", action="store_true", help="DFT with density fitting (about 3x faster)")
+    q.add_argument("--density-fit", action=argparse.BooleanOptionalAction, default=True,
+                   help="DFT with density fitting (about 3x faster; on by default, as in every benchmarked route)")
     q.add_argument("--threads", type=int, default=None, help="DFT threads")
     q.add_argument("--traj", default=None, help="prefix for one trajectory per stage (ase gui)")
-    q.add_argument("--verbose", action="store_true", help="log every BFGS step (always on for DFT)")
+    q.add_argument("--verbose", action="store_true", help="log every optimizer step (always on for DFT)")
+    q.add_argument("--quiet", action="store_true", help="no line as each stage starts")
     q.add_argument("--json", default=None, help="write the full stage report as JSON to this file")
     q.add_argument("-o", "--output", default=None, help="final structure with its energy and forces, any ASE format")
     q.set_defaults(func=_pipeline)

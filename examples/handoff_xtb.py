@@ -1,4 +1,4 @@
-"""MMFF94 -> diffusion -> GFN2-xTB (BFGS, fmax 0.03 eV/A) with a per-stage report.
+"""MMFF94 -> diffusion -> GFN2-xTB (Sella, the measured route; fmax 0.03 eV/A) with a per-stage report.
 
     python examples/handoff_xtb.py "CC(O)C#N"                                  # QM9-sized: qm9-painn128-jt
     python examples/handoff_xtb.py "COC(=O)[C@H](c1ccccc1Cl)N1CCc2sccc2C1"    # clopidogrel: moses-painn128-jt

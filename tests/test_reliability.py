@@ -747,3 +747,91 @@ def test_a_file_size_limit_while_streaming_is_one_line_and_resume_completes_the_
     assert 0 < len(indices(out)) < 300
     cli("relax", str(tmp_path / "lib.smi"), "-o", str(out), "--resume", model=tiny_model, check=0)
     assert indices(out) == list(range(300))
+
+
+def test_pipeline_refuses_a_giant_smiles_before_etkdg_in_one_line(tmp_path):
+    import time
+
+    t0 = time.perf_counter()
+    r = cli("pipeline", "C" * 400, "--to", "xtb", check=2)
+    assert time.perf_counter() - t0 < 60  # ETKDG on it takes minutes; a refusal comes before
+    assert "400 heavy atoms" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("name", ["CH3CH2OH", "CH3COOH", "CH3CN", "C6H6", "CH3NO2"])
+def test_bond_perception_and_mmff_do_not_depend_on_where_the_molecule_sits(name):
+    from rdkit import Chem
+
+    from ase_diffrelax.chem.rdkit_interop import mmff_from_reference, mol_from_xyz
+
+    a = molecule(name)
+    far = a.positions + 1e7
+    near_mol, far_mol = mol_from_xyz(a.numbers, a.positions), mol_from_xyz(a.numbers, far)
+    assert Chem.MolToSmiles(far_mol) == Chem.MolToSmiles(near_mol)
+    assert sum(x.GetFormalCharge() for x in far_mol.GetAtoms()) == sum(x.GetFormalCharge() for x in near_mol.GetAtoms())
+    assert np.allclose(far_mol.GetConformer().GetPositions(), far)  # the user's coordinates, not centred ones
+    assert np.abs((mmff_from_reference(a.numbers, far) - 1e7) - mmff_from_reference(a.numbers, a.positions)).max() < 1e-3
+
+
+def test_streaming_progress_bar_has_a_total_and_pipeline_announces_each_stage(tiny_model, tmp_path):
+    write_smi(tmp_path / "lib.smi", ["CCO", "CCN", "CC#N"] * 4)
+    r = cli("relax", str(tmp_path / "lib.smi"), "-o", str(tmp_path / "out.db"), model=tiny_model, check=0)
+    assert "/12 [" in r.stderr.replace("\r", "\n")  # tqdm's n/total with an ETA
+    r = cli("pipeline", "CCO", "--to", "xtb", "--max-steps", "3", check=0)
+    stages = [line for line in r.stderr.splitlines() if "ase-diffrelax: stage" in line]
+    assert [s.split("stage ")[1][:3] for s in stages] == ["1/3", "2/3", "3/3"] and "GFN2-xTB" in stages[2]
+
+
+def test_a_run_that_never_converges_shows_its_steps(tiny_model):
+    import io
+
+    from tqdm import tqdm
+
+    from ase_diffrelax import relax_many
+
+    buf = io.StringIO()
+    bar = tqdm(total=1, file=buf, mininterval=0)
+    from ase_diffrelax.core.sampler import Molecule, Sampler
+
+    a = molecule("CH3CH2OH")
+    sampler = Sampler(tiny_model, "fixed:t0=999+stride=0+max_steps=50")
+    sampler.progress_interval_s = 0.0
+    sampler.run([Molecule(a.numbers, a.positions, np.zeros(len(a), bool), 0)], progress=bar)
+    assert "diffusion step" in buf.getvalue()
+    assert relax_many  # the public API drives the same sampler with its bar
+
+
+def test_messages_name_the_default_the_checkpoint_and_the_small_molecule(tiny_model):
+    from ase_diffrelax import DiffusionCalculator, atoms_from_smiles, relax_many, sample_ensemble
+
+    r = cli("models", check=0)
+    assert "[default" in r.stdout
+    a = atoms_from_smiles("CCO")
+    with pytest.warns(UserWarning, match="smaller than the smallest training molecule"):
+        relax_many([a], model="moses-painn128-jt", progress=False, policy="fixed:t0=5+stride=0")
+    a.calc = DiffusionCalculator(model=tiny_model)
+    a.get_forces()
+    assert a.info["diffusion_model"] == tiny_model.name and "diffusion_model_verified" in a.info
+    a.info.update(diffusion_status="converged", relaxed_by="xtb")
+    samples = sample_ensemble(a, t=5, n_samples=2, burn_in=1, model=tiny_model)
+    assert "diffusion_status" not in samples[0].info and "relaxed_by" not in samples[0].info
+    assert samples[0].info["diffusion_model"] == tiny_model.name
+    with pytest.raises(ValueError, match="qm9-painn128-jt"):  # names the checkpoints that have a map
+        sample_ensemble(a, temperature=300, n_samples=2, model=tiny_model)
+
+
+def test_no_xtb_library_says_the_xtb_program_is_not_enough(monkeypatch):
+    import builtins
+
+    from ase_diffrelax.workflows import physics
+
+    real = builtins.__import__
+
+    def blocked(name, *args, **kwargs):
+        if name.startswith(("tblite", "xtb")):
+            raise ImportError(name)
+        return real(name, *args, **kwargs)
+    monkeypatch.setattr(builtins, "__import__", blocked)
+    monkeypatch.setattr(shutil, "which", lambda prog: "/usr/bin/xtb" if prog == "xtb" else None)
+    with pytest.raises(ImportError, match="xtb program .* is on PATH"):
+        physics.xtb_calculator()

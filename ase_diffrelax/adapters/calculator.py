@@ -110,3 +110,7 @@ class DiffusionCalculator(Calculator):
             energy = 0.5 * kT * float((eps**2).sum())
         self.results = {"energy": energy, "free_energy": energy, "forces": forces,
                         "diffusion_t": float(out.t_hat[0]), "diffusion_t_used": step}
+        # the same keys DiffusionRelax sets: which checkpoint, which level it approximates, verified how
+        for target in {id(a): a for a in (atoms, self.atoms) if a is not None}.values():
+            target.info.update(diffusion_model=self.model.name, diffusion_level_of_theory=self.model.level_of_theory,
+                               diffusion_model_verified=self.model.verified, diffusion_t=float(out.t_hat[0]))

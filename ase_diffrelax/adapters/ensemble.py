@@ -23,11 +23,26 @@ def t_for_temperature(model, temperature: float) -> int:
     """The diffusion step the checkpoint's fitted map assigns to ``temperature`` (K)."""
     cmap = model.card.get("temperature_map")
     if not cmap:
-        raise ValueError(f"checkpoint {model.name} has no fitted temperature map (card 'temperature_map'); "
-                         "give the diffusion step t instead (see docs/ensembles.md)")
+        raise ValueError(f"checkpoint {model.name} has no fitted temperature map (card 'temperature_map'); give the "
+                         f"diffusion step t instead, or a checkpoint that has one ({', '.join(with_temperature_map())}"
+                         "; docs/ensembles.md)")
     if cmap.get("form") != "t = a * sqrt(T)":
         raise ValueError(f"unknown temperature map form {cmap.get('form')!r}")
     return max(1, int(round(float(cmap["a"]) * math.sqrt(float(temperature)))))
+
+
+def with_temperature_map() -> list[str]:
+    """Shipped checkpoints whose card carries a fitted t(T) map."""
+    import json
+
+    from ..core.checkpoint import checkpoint_dir, registry
+
+    return [name for name, e in registry()["models"].items()
+            if json.loads((checkpoint_dir() / e["card"]).read_text()).get("temperature_map")] or ["none shipped"]
+
+
+# keys a relaxation, pipeline or earlier ensemble leaves in info: stale on a sample
+_STALE_INFO = ("diffusion_", "relaxed_", "pipeline_", "chain", "temperature_knob", "energy", "fmax")
 
 
 def sample_ensemble(atoms, *, t: int | None = None, temperature: float | None = None, n_samples: int = 1000,
@@ -35,7 +50,9 @@ def sample_ensemble(atoms, *, t: int | None = None, temperature: float | None = 
                     device=None, trajectory: str | None = None) -> list:
     """``n_samples`` geometries (ase.Atoms, ``info["diffusion_t"]`` and ``info["chain"]`` set) from
     ``n_chains`` chains started at ``atoms``, each after ``burn_in`` steps, keeping every ``thin``-th
-    step. Exactly one of ``t`` (diffusion step) or ``temperature`` (K, through the fitted map).
+    step. Exactly one of ``t`` (diffusion step) or ``temperature`` (K, through the fitted map) is
+    required; ``with_temperature_map()`` names the checkpoints that have the map. Samples keep
+    ``atoms.info`` except what an earlier relaxation or ensemble left there (``diffusion_*``, ...).
     ``trajectory``: an ASE trajectory of the samples for ``ase gui``. ``atoms`` is not modified."""
     if (t is None) == (temperature is None):
         raise ValueError("give exactly one of t (diffusion step) or temperature (K)")
@@ -81,12 +98,14 @@ def sample_ensemble(atoms, *, t: int | None = None, temperature: float | None = 
                 break
             frame = atoms.copy()
             frame.calc = None
+            frame.info = {k: v for k, v in frame.info.items() if not k.startswith(_STALE_INFO)}
             pos = x[mol == c]
             if mask.any():
                 pos = pos + (atoms.positions[mask] - pos[mask]).mean(0)
                 pos[mask] = atoms.positions[mask]
             frame.set_positions(pos, apply_constraint=False)
-            frame.info.update(diffusion_t=int(t), chain=c, chain_step=step + 1)
+            frame.info.update(diffusion_t=int(t), chain=c, chain_step=step + 1, diffusion_model=model.name,
+                              diffusion_level_of_theory=model.level_of_theory, diffusion_model_verified=model.verified)
             if temperature is not None:
                 frame.info["temperature_knob"] = float(temperature)
             samples.append(frame)

@@ -140,6 +140,8 @@ class DiffusionRelax(Optimizer):
         else:
             t_cols = f"{float(b.t_hat[0]):8.2f} {int(b.t_used[0]):6d}"
         status = self.status
+        if status == "converged" and self.nsteps > 0:  # t_hat may sit above it: the schedule bounds t_used
+            status += f" (t_used {int(b.t_used[0])} <= threshold {self.policy.threshold})"
         if self.topology is not None and self.topology["changed"]:
             status += f" TOPOLOGY CHANGED ({describe(self.topology)})"
         self.logfile.write(f"{name}:  {self.nsteps:4d} {T[3]:02d}:{T[4]:02d}:{T[5]:02d} {t_cols}"

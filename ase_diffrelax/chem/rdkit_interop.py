@@ -27,8 +27,10 @@ def mol_from_xyz(numbers, positions, charge: int = 0, bond_orders: bool = True):
     rw = Chem.RWMol()
     for z in numbers:
         rw.AddAtom(Chem.Atom(int(z)))
+    positions = np.asarray(positions, dtype=float)
+    centre = positions.mean(0) if len(positions) else np.zeros(3)
     conf = Chem.Conformer(len(numbers))
-    for i, p in enumerate(np.asarray(positions, dtype=float)):
+    for i, p in enumerate(positions - centre):  # perceived at the origin: far away, precision would shift bonds
         conf.SetAtomPosition(i, Point3D(*p))
     mol = rw.GetMol()
     mol.AddConformer(conf, assignId=True)
@@ -39,6 +41,9 @@ def mol_from_xyz(numbers, positions, charge: int = 0, bond_orders: bool = True):
             rdDetermineBonds.DetermineConnectivity(mol)
     except Exception as exc:  # RDKit raises several types here
         raise ValueError(f"could not perceive bonds from coordinates: {exc}") from exc
+    conf = mol.GetConformer()
+    for i, p in enumerate(positions):
+        conf.SetAtomPosition(i, Point3D(*p))
     return mol
 
 
@@ -60,7 +65,8 @@ def mmff_minimize(mol, max_iters: int = 2000) -> np.ndarray:
 
 def mmff_from_reference(numbers, positions, charge: int = 0) -> np.ndarray:
     """MMFF94 minimum started from a reference geometry with its perceived bond graph."""
-    return mmff_minimize(mol_from_xyz(numbers, positions, charge=charge))
+    centre = np.asarray(positions, dtype=float).mean(0)
+    return mmff_minimize(mol_from_xyz(numbers, np.asarray(positions, dtype=float) - centre, charge=charge)) + centre
 
 
 def mmff_from_smiles_geometry(smiles: str, positions) -> np.ndarray:

@@ -297,6 +297,9 @@ def _verify(base: Path, weights: Path, card: dict, digests: tuple[str, str]) -> 
         card = {**card, "level_of_theory": entry.get("level_of_theory"), "charges": entry.get("charges", [0])}
         if "heavy_atoms" in entry:
             card["max_heavy_atoms"] = int(entry["heavy_atoms"][1])
+            card["min_training_heavy_atoms"] = int(entry["heavy_atoms"][0])
+        if "atoms" in entry:
+            card["min_training_atoms"] = int(entry["atoms"][0])
         if "bonded_pairs" in entry:
             card["bonded_pairs"] = list(entry["bonded_pairs"])
         return card, "registry sha256" if entry.get("card_sha256") else "registry sha256 (weights only)"

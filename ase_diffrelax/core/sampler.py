@@ -183,6 +183,7 @@ class Sampler:
         self.final_denoise = final_denoise
         self.record = record  # keep (positions, t_hat, t_used) of every step per molecule
         self.n_evals = 0
+        self.progress_interval_s = 1.0  # a progress bar's step count is refreshed this often
 
     def batch(self, molecules: list[Molecule], ids: list[int] | None = None) -> Batch:
         return Batch(molecules, list(range(len(molecules))) if ids is None else ids, self.device)
@@ -248,6 +249,7 @@ class Sampler:
         queue = list(range(len(molecules)))[::-1]
         flight: Batch | None = None
         t0, evals0, steps = time.perf_counter(), self.n_evals, 0
+        shown = t0
         while queue or (flight is not None and len(flight)):
             free = batch_size - (len(flight) if flight is not None else 0)
             if queue and free > 0:
@@ -255,6 +257,9 @@ class Sampler:
                 flight = Batch.join(flight, self.batch([molecules[i] for i in take], take))
             self.step(flight)
             steps += 1
+            if progress is not None and time.perf_counter() - shown > self.progress_interval_s:  # moves while none finishes
+                shown = time.perf_counter()
+                progress.set_postfix_str(f"diffusion step {steps}, {len(flight)} in flight", refresh=True)
             if steps % swap_every == 0 or not queue:
                 done = (flight.status != RUNNING).cpu().tolist()
                 if any(done):

@@ -100,6 +100,12 @@ def check_atoms(atoms, elements, max_atoms: int | None = None, label: str = "inp
             "molecules only and would relax it as one; use a physics calculator (xTB/DFT) for ions and radicals"
         )
     heavy, max_heavy = int((atoms.numbers > 1).sum()), card.get("max_heavy_atoms")
+    low, low_heavy = card.get("min_training_atoms", 0), card.get("min_training_heavy_atoms", 0)
+    if n < low or heavy < low_heavy:
+        warnings.warn(
+            f"{label}: {n} atoms ({heavy} heavy), smaller than the smallest training molecule of "
+            f"{card.get('name', 'this checkpoint')} ({low} atoms, {low_heavy} heavy); the denoiser has not seen "
+            "molecules this small (model=None picks the checkpoint trained on this size)", stacklevel=3)
     if (max_atoms and n > 1.5 * max_atoms) or (max_heavy and heavy > 1.5 * max_heavy):
         warnings.warn(
             f"{label}: {n} atoms ({heavy} heavy), far more than the largest training molecule ({max_atoms} atoms"

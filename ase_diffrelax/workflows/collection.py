@@ -465,7 +465,9 @@ def _relax_collection(input_path, output_path, *, shard, resume, model, policy, 
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(desc=f"relax shard {shard[0]}/{shard[1]}", unit="mol", mininterval=2, smoothing=0.05)
+        n = count_shard_entries(input_path, shard)  # one cheap pass: the bar gets a total and an ETA
+        left = None if n is None else max(0, n - sum(1 for i in out.done if i % shard[1] == shard[0]))
+        bar = tqdm(desc=f"relax shard {shard[0]}/{shard[1]}", total=left, unit="mol", mininterval=2, smoothing=0.05)
     entries = iter_entries(input_path, shard, seen)
     while True:
         t0 = time.perf_counter()
@@ -485,7 +487,7 @@ def _relax_collection(input_path, output_path, *, shard, resume, model, policy, 
             if e.atoms is None and e.smiles and not e.error:
                 try:
                     e.atoms = atoms_from_smiles(e.smiles, seed=conformer_seed, max_heavy_atoms=max_heavy,
-                                                embed_timeout_s=embed_timeout_s)
+                                                embed_timeout_s=embed_timeout_s, strip_salts=True)
                 except Exception as exc:  # RDKit's many failure types: record, never stop the run
                     e.error = f"SMILES {e.smiles!r}: {exc}"
         stats.seconds["conformer"] += time.perf_counter() - t0
@@ -501,6 +503,9 @@ def _relax_collection(input_path, output_path, *, shard, resume, model, policy, 
         rows = []
         for e in chunk:
             kv = {"input_index": e.index, "name": e.name, "smiles": e.smiles}
+            if e.atoms is not None and e.atoms.info.get("removed_fragments"):  # a salt: its parent ion is relaxed
+                kv["removed_fragments"] = str(e.atoms.info["removed_fragments"])
+                kv["smiles_relaxed"] = e.atoms.info.get("smiles", "")
             r, label = by_index.get(e.index, (None, ""))
             if r is None:
                 atoms, kv["status"], kv["reason"] = (e.atoms if e.atoms is not None else Atoms()), "rejected", e.error

@@ -27,7 +27,12 @@ def xtb_calculator(method: str = "GFN2-xTB", backend: str = "auto", charge: int 
     try:
         from xtb.ase.calculator import XTB
     except ImportError:
-        raise ImportError("no xTB backend: pip install 'ase_diffrelax[xtb]' (tblite or xtb)") from None
+        import shutil
+
+        program = shutil.which("xtb")
+        found = (f"the xtb program ({program}) is on PATH, but the pipeline computes GFN2-xTB forces through a "
+                 "Python library" if program else "no Python xTB library")
+        raise ImportError(f"{found}: pip install 'ase_diffrelax[xtb]' (tblite, or xtb-python)") from None
     return XTB(method=method, charge=charge, uhf=uhf, **kwargs)
 
 

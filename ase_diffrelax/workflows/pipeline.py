@@ -108,15 +108,18 @@ def make_physics_calculator(kind: str, charge: int = 0, uhf: int = 0, **params):
     raise ValueError(f"unknown physics stage {kind!r}; choose 'xtb' or 'dft'")
 
 
-def mmff_stage(atoms_or_smiles, conformer_seed: int = 0, strip_salts: bool = True) -> tuple[Atoms, StageReport]:
+def mmff_stage(atoms_or_smiles, conformer_seed: int = 0, strip_salts: bool = True,
+               max_heavy_atoms: int | None = None) -> tuple[Atoms, StageReport]:
     """ETKDG + MMFF94 for a SMILES (a salt's counter-ions stripped unless ``strip_salts=False``,
-    which refuses a multi-fragment SMILES), or the MMFF94 minimum from an Atoms' geometry."""
+    which refuses a multi-fragment SMILES), or the MMFF94 minimum from an Atoms' geometry.
+    ``max_heavy_atoms`` refuses a larger SMILES before ETKDG, which can take minutes on a giant."""
     from ..chem.rdkit_interop import atoms_from_smiles, mmff_from_reference
 
     t0 = time.perf_counter()
     extra = {}
     if isinstance(atoms_or_smiles, str):
-        atoms = atoms_from_smiles(atoms_or_smiles, seed=conformer_seed, strip_salts=strip_salts)
+        atoms = atoms_from_smiles(atoms_or_smiles, seed=conformer_seed, strip_salts=strip_salts,
+                                  max_heavy_atoms=max_heavy_atoms)
         if atoms.info.get("removed_fragments"):
             import warnings
 
@@ -279,7 +282,7 @@ def run_pipeline(start, *, stages=("mmff", "diffusion", "xtb"), fmax: float = 0.
                  charge: int | None = None, uhf: int | None = None, strict: bool = False,
                  traj_prefix: str | None = None, physics_params: dict | None = None,
                  physics_log=None, optimizer: str = "auto", hessian="auto", strip_salts: bool = True,
-                 diffusion_max_steps: int | None = None) -> PipelineResult:
+                 diffusion_max_steps: int | None = None, on_stage=None) -> PipelineResult:
     """Run the chosen stages in order on a SMILES or an Atoms (which is not modified).
 
     ``seed``: diffusion noise; ``conformer_seed``: ETKDG. ``physics_max_steps``: BFGS steps.
@@ -293,7 +296,9 @@ def run_pipeline(start, *, stages=("mmff", "diffusion", "xtb"), fmax: float = 0.
     report and warned about); False refuses it. ``diffusion_max_steps`` caps model evaluations
     (default: the policy's, 100 for jt); ``physics_max_steps`` never reaches the diffusion stage.
     The returned atoms carry the last stage's energy and forces (a SinglePointCalculator)
-    and ``info["relaxed_by"]``.
+    and ``info["relaxed_by"]``. ``on_stage(k, stage, stages, route)`` is called as each stage
+    starts (``route``: the physics stage's (optimizer, hessian), else None): a DFT stage can be
+    quiet for minutes before its first step.
     """
     stages = list(stages)
     if not stages:
@@ -317,10 +322,17 @@ def run_pipeline(start, *, stages=("mmff", "diffusion", "xtb"), fmax: float = 0.
     atoms = start if isinstance(start, str) else start.copy()
     reports = []
     for k, stage in enumerate(stages):
+        if on_stage is not None:
+            on_stage(k, stage, stages, handoffs.get(stage))
         traj = f"{traj_prefix}_{k}_{stage}.traj" if traj_prefix and stage != "mmff" else None
         if stage == "mmff":
             smiles_charge = int(atoms.info.get("charge", 0)) if isinstance(atoms, Atoms) else None
-            atoms, rep = mmff_stage(atoms, conformer_seed=conformer_seed, strip_salts=strip_salts)
+            cap = None
+            if isinstance(atoms, str):  # as relax does: 2x the largest training molecule, before ETKDG
+                from .collection import max_heavy_atoms_accepted
+
+                cap = max_heavy_atoms_accepted(model)
+            atoms, rep = mmff_stage(atoms, conformer_seed=conformer_seed, strip_salts=strip_salts, max_heavy_atoms=cap)
             if smiles_charge is None and "smiles" in atoms.info:
                 smiles_charge = int(atoms.info.get("charge", 0))
             if charge is not None and smiles_charge is not None and int(charge) != smiles_charge:
