@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import importlib
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"
 
 _EXPORTS = {
     "DiffusionRelax": "adapters.optimizer",
@@ -18,6 +18,7 @@ _EXPORTS = {
     "DiffusionCalculator": "adapters.calculator",
     "relax_many": "adapters.batch",
     "sample_ensemble": "adapters.ensemble",
+    "with_temperature_map": "adapters.ensemble",
     "RelaxResult": "adapters.batch",
     "load_model": "core.checkpoint",
     "available_models": "core.checkpoint",

@@ -178,7 +178,8 @@ def _relax(args) -> int:
 
 def _announce_stage(k, stage, stages, route) -> None:
     """One stderr line as each pipeline stage starts: DFT can be quiet for minutes before its first step."""
-    what = {"mmff": "ETKDG + MMFF94", "diffusion": "diffusion denoiser", "xtb": "GFN2-xTB", "dft": "PySCF DFT"}[stage]
+    what = {"mmff": "ETKDG + MMFF94", "diffusion": "diffusion denoiser", "xtb": "GFN2-xTB", "dft": "PySCF DFT",
+            "pre": "your intermediate calculator (--pre-calc)", "target": "your target calculator (--calc)"}[stage]
     how = ""
     if route is not None:
         optimizer, hessian = route
@@ -186,7 +187,7 @@ def _announce_stage(k, stage, stages, route) -> None:
                                   else "")
         if hessian == "xtb":
             how += " (the GFN2-xTB Hessian is computed first: 6N gradients)"
-    slow = "; each DFT gradient takes seconds to minutes, every step is logged" if stage == "dft" else ""
+    slow = "; each gradient can take minutes, every step is logged" if stage in ("dft", "target") else ""
     print(f"ase-diffrelax: stage {k + 1}/{len(stages)}: {what}{how}{slow}", file=sys.stderr, flush=True)
 
 
@@ -201,10 +202,26 @@ def _pipeline(args) -> int:
         if len(frames) > 1:
             raise UserError(f"{start}: {len(frames)} frames; the pipeline takes one structure (use --index)")
         start = frames[0]
-    if args.via_xtb and args.to != "dft":
-        raise UserError("--via-xtb pre-optimises at GFN2-xTB before a DFT stage: use it with --to dft")
+    target = pre = None
+    if args.calc:
+        from .workflows.calculators import calculator_factory, parse_params
+
+        if args.to is not None:
+            raise UserError("--calc names the target level itself: leave out --to")
+        args.to = "target"
+        target = calculator_factory(args.calc, parse_params(args.calc_params))
+    elif args.to is None:
+        args.to = "xtb"
+    if args.pre_calc:
+        from .workflows.calculators import calculator_factory, parse_params
+
+        if args.to == "xtb":
+            raise UserError("--pre-calc runs before a DFT or --calc target: use it with --to dft or --calc")
+        pre = calculator_factory(args.pre_calc, parse_params(args.pre_params))
+    if args.via_xtb and args.to == "xtb":
+        raise UserError("--via-xtb pre-optimises at GFN2-xTB before a DFT stage: use it with --to dft or --calc")
     stages = default_stages(args.to, diffusion=not args.skip_diffusion, mmff=not args.skip_mmff,
-                            via_xtb=args.via_xtb)
+                            via_xtb=args.via_xtb, pre=pre is not None)
     params = {}
     if args.to == "dft":
         params = {"xc": args.xc, "basis": args.basis, "density_fit": args.density_fit, "threads": args.threads}
@@ -217,7 +234,9 @@ def _pipeline(args) -> int:
                           model=args.model, strip_salts=not args.keep_salts,
                           policy=_policy(args), seed=args.seed, conformer_seed=args.conformer_seed,
                           charge=args.charge, uhf=args.uhf, strict=args.strict, traj_prefix=args.traj,
-                          physics_params=params, physics_log="-" if args.verbose or args.to == "dft" else None,
+                          physics_params=params, physics_log="-" if args.verbose or args.to != "xtb" else None,
+                          target=target, pre=pre, gradient_cache=args.gradient_cache,
+                          calc_state="set" if args.calc_sets_charge else "pass",
                           optimizer=args.optimizer, hessian=args.hessian,
                           on_stage=None if args.quiet else _announce_stage)
     if args.output:
@@ -329,7 +348,24 @@ def build_parser() -> argparse.ArgumentParser:
                        "the measured routes, on a SMILES or a file ([xtb]/[dft])")
     q.add_argument("start", help="a SMILES string or an ASE-readable file")
     q.add_argument("--index", default="-1", help="frame of a multi-frame file")
-    q.add_argument("--to", choices=["xtb", "dft"], default="xtb", help="physics stage: GFN2-xTB (tblite) or PySCF DFT")
+    q.add_argument("--to", choices=["xtb", "dft"], default=None,
+                   help="physics stage: GFN2-xTB (tblite, the default) or PySCF DFT")
+    q.add_argument("--calc", default=None, metavar="NAME",
+                   help="your own target calculator instead of --to: an ASE calculator name as 'ase run' takes it "
+                        "(nwchem, mopac, orca, gaussian, psi4, ...) or package.module:function returning one; it gets "
+                        "the DFT route (GFN2-xTB stage, then BFGS from the xTB Hessian)")
+    q.add_argument("-p", "--calc-params", default=None, metavar="KEY=VALUE,...",
+                   help="keywords of --calc, as 'ase run -p' writes them (e.g. xc=B3LYP,basis=6-31G*)")
+    q.add_argument("--pre-calc", default=None, metavar="NAME",
+                   help="an intermediate calculator (e.g. an ML potential) in place of the GFN2-xTB stage before the "
+                        "target; same naming as --calc")
+    q.add_argument("--pre-params", default=None, metavar="KEY=VALUE,...", help="keywords of --pre-calc")
+    q.add_argument("--calc-sets-charge", action="store_true",
+                   help="the calculator's own parameters already set charge and multiplicity (for interfaces "
+                        "ase_diffrelax does not know; otherwise a charged or open-shell molecule is refused)")
+    q.add_argument("--gradient-cache", default=None, metavar="FILE.jsonl",
+                   help="keep every DFT/--calc gradient here, keyed by calculator, parameters, charge, spin and "
+                        "geometry: rerun the same command after a kill and it replays them")
     q.add_argument("--skip-diffusion", action="store_true",
                    help="no diffusion stage: the route without us, for comparison "
                         "(--to dft still goes via xTB unless --no-via-xtb)")

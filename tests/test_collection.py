@@ -39,7 +39,7 @@ def test_kill_and_resume_loses_and_duplicates_nothing(tiny_model, tmp_path, ext)
     marker = out if ext == ".db" else tmp_path / f"out{ext}.progress.jsonl"
     t0 = time.time()
     while time.time() - t0 < 120 and proc.poll() is None:
-        if marker.exists() and marker.stat().st_size > 0 and len(indices(out)) >= 40:
+        if marker.exists() and out.exists() and marker.stat().st_size > 0 and len(indices(out)) >= 40:
             break
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)

@@ -835,3 +835,10 @@ def test_no_xtb_library_says_the_xtb_program_is_not_enough(monkeypatch):
     monkeypatch.setattr(shutil, "which", lambda prog: "/usr/bin/xtb" if prog == "xtb" else None)
     with pytest.raises(ImportError, match="xtb program .* is on PATH"):
         physics.xtb_calculator()
+
+
+def test_cli_dft_uses_density_fitting_by_default_as_benchmarked():
+    from ase_diffrelax.cli import build_parser
+
+    assert build_parser().parse_args(["pipeline", "CCO", "--to", "dft"]).density_fit is True
+    assert build_parser().parse_args(["pipeline", "CCO", "--to", "dft", "--no-density-fit"]).density_fit is False

@@ -277,8 +277,7 @@ class _Output:
                 from ase.db import connect
 
                 connect(self.path, use_lock_file=False).metadata = {"ase_diffrelax_job": job}
-            else:
-                Path(self.path).touch()
+            else:  # the extxyz itself appears with the first chunk (a run killed before it starts afresh)
                 append_jsonl(self.progress, [{"bytes": 0, "indices": [], "job": job}])
         except (OSError, sqlite3.OperationalError) as exc:
             raise write_failed(self.path, exc) from exc

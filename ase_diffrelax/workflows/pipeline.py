@@ -12,6 +12,7 @@ charge, size), the stage is skipped with the reason unless ``strict=True``.
 """
 from __future__ import annotations
 
+import json
 import re
 import time
 from dataclasses import asdict, dataclass, field
@@ -22,8 +23,9 @@ from ase import Atoms
 from ..chem.topology import describe, topology_change
 from ..core.policy import Policy
 
-PHYSICS = ("xtb", "dft")
+PHYSICS = ("xtb", "dft", "pre", "target")  # pre / target: the user's own ASE calculators (calculators.py)
 STAGES = ("mmff", "diffusion") + PHYSICS
+USER_STAGES = ("pre", "target")
 
 
 @dataclass
@@ -250,24 +252,57 @@ def resolve_handoff(kind: str, optimizer: str = "auto", hessian="auto") -> tuple
 
 def handoff_level(stage: str, stages) -> str:
     """The row of ``handoff_defaults.json`` for a physics stage: an xTB stage that feeds a DFT stage
-    is judged by the DFT gradients after it, not by its own (cheap) xTB calls."""
+    is judged by the DFT gradients after it, not by its own (cheap) xTB calls. A user's target
+    calculator is treated as DFT-like (the expensive level), a user's intermediate one as the
+    stage before it."""
     stages = list(stages)
-    if stage == "xtb" and "dft" in stages[stages.index(stage) + 1:]:
+    later = stages[stages.index(stage) + 1:]
+    if stage in ("xtb", "pre") and ("dft" in later or "target" in later):
         return "xtb_before_dft"
+    if stage == "target":
+        return "dft"
     return stage
 
 
-def default_stages(to: str, *, diffusion: bool = True, mmff: bool = True, via_xtb: bool | None = None) -> list[str]:
-    """The stages ``ase-diffrelax pipeline --to`` runs. ``via_xtb=None``: the level's measured choice
-    (``"via_xtb"`` in ``handoff_defaults.json``): whether a GFN2-xTB stage before the target saves target
-    gradients."""
-    if to not in PHYSICS:
-        raise ValueError(f"unknown target level {to!r}; choose from {list(PHYSICS)}")
+def default_stages(to: str, *, diffusion: bool = True, mmff: bool = True, via_xtb: bool | None = None,
+                   pre: bool = False) -> list[str]:
+    """The stages ``ase-diffrelax pipeline --to`` runs (``to="target"``: the user's calculator, with the
+    DFT level's measured route). ``via_xtb=None``: the level's measured choice (``"via_xtb"`` in
+    ``handoff_defaults.json``): whether a GFN2-xTB stage before the target saves target gradients.
+    ``pre=True``: the user's intermediate calculator takes that stage's place."""
+    if to not in ("xtb", "dft", "target"):
+        raise ValueError(f"unknown target level {to!r}; choose from ['xtb', 'dft', 'target']")
+    row = "dft" if to == "target" else to
     if via_xtb is None:
-        via_xtb = bool(handoff_defaults()["levels"].get(to, {}).get("via_xtb", False))
-    elif via_xtb and to != "dft":
+        via_xtb = bool(handoff_defaults()["levels"].get(row, {}).get("via_xtb", False))
+    elif via_xtb and to == "xtb":
         raise ValueError("via_xtb pre-optimises at GFN2-xTB before a DFT stage: use it with to='dft'")
-    return (["mmff"] if mmff else []) + (["diffusion"] if diffusion else []) + (["xtb"] if via_xtb else []) + [to]
+    if pre and to == "xtb":
+        raise ValueError("a pre-stage calculator goes before a DFT or target stage, not before xtb")
+    middle = ["pre"] if pre else (["xtb"] if via_xtb else [])
+    return (["mmff"] if mmff else []) + (["diffusion"] if diffusion else []) + middle + [to]
+
+
+def _stage_calculator(atoms, stage, given, physics_params, charge, uhf, gradient_cache, calc_state):
+    """The calculator of a user stage (or of a cached DFT stage), told the molecule's charge and spin,
+    wrapped in a GradientMemo when a cache file is given. Returns (calculator, report extra)."""
+    from . import calculators
+    from .physics import GradientMemo
+
+    q, u = electronic_state(atoms, charge, uhf)
+    if stage in USER_STAGES:
+        calc = calculators.resolve(given)
+        name, params = calculators.identity(calc, given)
+        how = calculators.apply_electronic_state(calc, atoms, q, u, trusted=calc_state == "set")
+        extra = {"calculator": name, "parameters": params, "charge_spin": how}
+    else:
+        calc = make_physics_calculator("dft", q, u, **physics_params)
+        name, params = "pyscf", json.dumps(physics_params, sort_keys=True, default=str)
+        extra = {}
+    if gradient_cache and stage != "pre":
+        calc = GradientMemo(calc, gradient_cache, level=f"{name}|{params}|charge={q}|uhf={u}")
+        extra["gradient_cache"] = str(gradient_cache)
+    return calc, extra
 
 
 def handoff_defaults() -> dict:
@@ -282,7 +317,8 @@ def run_pipeline(start, *, stages=("mmff", "diffusion", "xtb"), fmax: float = 0.
                  charge: int | None = None, uhf: int | None = None, strict: bool = False,
                  traj_prefix: str | None = None, physics_params: dict | None = None,
                  physics_log=None, optimizer: str = "auto", hessian="auto", strip_salts: bool = True,
-                 diffusion_max_steps: int | None = None, on_stage=None) -> PipelineResult:
+                 diffusion_max_steps: int | None = None, on_stage=None, target=None, pre=None,
+                 gradient_cache=None, calc_state: str = "pass") -> PipelineResult:
     """Run the chosen stages in order on a SMILES or an Atoms (which is not modified).
 
     ``seed``: diffusion noise; ``conformer_seed``: ETKDG. ``physics_max_steps``: BFGS steps.
@@ -299,6 +335,12 @@ def run_pipeline(start, *, stages=("mmff", "diffusion", "xtb"), fmax: float = 0.
     and ``info["relaxed_by"]``. ``on_stage(k, stage, stages, route)`` is called as each stage
     starts (``route``: the physics stage's (optimizer, hessian), else None): a DFT stage can be
     quiet for minutes before its first step.
+    ``target`` / ``pre``: your own ASE calculator (or a zero-argument factory, one per molecule) for
+    the ``"target"`` / ``"pre"`` stages (``default_stages("target", pre=...)``); the target gets the
+    DFT level's measured route. Charge and spin reach it through ``calculators.CHARGE_SPIN``; for an
+    unknown interface a charged or open-shell molecule is refused unless ``calc_state="set"`` (you
+    set them on it). ``gradient_cache``: a JSON-lines file keeping every DFT/target gradient keyed by
+    the calculator's name, parameters, charge, spin and geometry: a killed run replays them.
     """
     stages = list(stages)
     if not stages:
@@ -308,6 +350,13 @@ def run_pipeline(start, *, stages=("mmff", "diffusion", "xtb"), fmax: float = 0.
         raise ValueError(f"unknown stage(s) {unknown}; choose from {list(STAGES)}")
     if isinstance(start, str) and stages[0] != "mmff":
         raise ValueError("a SMILES start needs 'mmff' as the first stage (it builds the 3D structure)")
+    for name, given in (("target", target), ("pre", pre)):
+        if (name in stages) != (given is not None):
+            raise ValueError(f"stage {name!r} and the {name}= calculator come together" if given is None else
+                             f"{name}= calculator given but no {name!r} stage (stages=default_stages('target'"
+                             f"{', pre=True' if name == 'pre' else ''}))")
+    if calc_state not in ("pass", "set"):
+        raise ValueError(f"calc_state must be 'pass' or 'set', not {calc_state!r}")
     handoffs = {}
     for s in stages:
         if s in PHYSICS and s not in handoffs:
@@ -321,6 +370,7 @@ def run_pipeline(start, *, stages=("mmff", "diffusion", "xtb"), fmax: float = 0.
         policy = make_policy(policy, max_steps=int(diffusion_max_steps))
     atoms = start if isinstance(start, str) else start.copy()
     reports = []
+    physics_names = set(PHYSICS)
     for k, stage in enumerate(stages):
         if on_stage is not None:
             on_stage(k, stage, stages, handoffs.get(stage))
@@ -357,11 +407,22 @@ def run_pipeline(start, *, stages=("mmff", "diffusion", "xtb"), fmax: float = 0.
             atoms, rep = diffusion_stage(atoms, model=model, policy=policy, seed=seed, trajectory=traj,
                                          strict=strict)
         else:
+            calc, extra, params = None, {}, dict(physics_params or {})
+            if stage in USER_STAGES or (gradient_cache and stage == "dft"):
+                calc, extra = _stage_calculator(atoms, stage, target if stage == "target" else pre, params, charge,
+                                                uhf, gradient_cache, calc_state)
+                params = {}
             atoms, rep = physics_stage(atoms, stage, fmax=fmax, max_steps=physics_max_steps, trajectory=traj,
                                        charge=charge, uhf=uhf, logfile=physics_log, optimizer=handoffs[stage][0],
-                                       hessian=handoffs[stage][1], **(physics_params or {}))
+                                       hessian=handoffs[stage][1], calc=calc, **params)
+            if stage in USER_STAGES:
+                rep.stage = atoms.info["relaxed_by"] = extra["calculator"]
+                physics_names.add(extra["calculator"])
+            rep.extra.update(extra)
+            if hasattr(calc, "replayed"):  # a GradientMemo: how many gradients came back from the cache
+                rep.extra.update(replayed_calls=calc.replayed, replayed_wall_s=round(calc.replayed_wall_s, 3))
         reports.append(rep)
-    if atoms.info.get("relaxed_by") not in PHYSICS:  # only a physics stage's energy and forces describe them
+    if atoms.info.get("relaxed_by") not in physics_names:  # only a physics stage's energy and forces describe them
         atoms.calc = None
     atoms.info["pipeline_stages"] = ",".join(r.stage for r in reports if not r.skipped)
     return PipelineResult(atoms, reports)
