@@ -99,8 +99,8 @@ def test_nwchem_target_through_ase(tmp_path, monkeypatch):
 
 def test_electronic_state_goes_through_the_keywords_each_code_reads():
     from ase.build import molecule
-    from ase.calculators.mopac import MOPAC
     from ase.calculators.gaussian import Gaussian
+    from ase.calculators.mopac import MOPAC
 
     a = molecule("CH3")
     assert "mult=2" in apply_electronic_state(Gaussian(), a, 0, 1)
