@@ -134,7 +134,7 @@ def _relax(args) -> int:
     from .workflows.collection import check_output_path
 
     streaming = bool(args.shard or args.resume or args.input.lower().endswith((".smi", ".smiles", ".txt"))
-                     or args.output.lower().endswith(".db"))
+                     or args.output.lower().endswith((".db", ".sdf")))
     if not streaming:
         check_output_path(args.output, streaming=False, overwrite=args.overwrite, inputs=[args.input])
     if streaming:
@@ -228,8 +228,10 @@ def _pipeline(args) -> int:
     if args.output:
         from .workflows.collection import check_output_path
 
-        check_output_path(args.output, streaming=False, overwrite=args.overwrite,
+        check_output_path(args.output, streaming=args.output.lower().endswith(".sdf"), overwrite=args.overwrite,
                           inputs=[args.start] if os.path.exists(args.start) else [])
+        if args.output.lower().endswith(".sdf") and os.path.exists(args.output) and not args.overwrite:
+            raise UserError(f"{args.output} exists: pass --overwrite to replace it, or choose another output")
     result = run_pipeline(start, stages=stages, fmax=args.fmax, physics_max_steps=args.physics_max_steps,
                           model=args.model, strip_salts=not args.keep_salts,
                           policy=_policy(args), seed=args.seed, conformer_seed=args.conformer_seed,
@@ -239,7 +241,16 @@ def _pipeline(args) -> int:
                           calc_state="set" if args.calc_sets_charge else "pass",
                           optimizer=args.optimizer, hessian=args.hessian,
                           on_stage=None if args.quiet else _announce_stage)
-    if args.output:
+    if args.output and args.output.lower().endswith(".sdf"):
+        from .chem.sdf import write_sdf
+
+        final = result.stages[-1]
+        write_sdf(args.output, result.atoms, {
+            "relaxed_by": result.atoms.info.get("relaxed_by"), "energy_eV": final.energy_end_eV,
+            "fmax_eV_per_A": final.fmax_end, "converged": final.converged,
+            "pipeline_stages": result.atoms.info.get("pipeline_stages")},
+            name=args.start if not os.path.exists(args.start) else os.path.basename(args.start))
+    elif args.output:
         from .files import atomic_write_atoms
 
         atomic_write_atoms(args.output, [result.atoms])

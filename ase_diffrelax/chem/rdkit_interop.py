@@ -120,6 +120,31 @@ def atoms_from_smiles(smiles: str, seed: int = 0, mmff: bool = True, *, strip_sa
     fragments is refused unless ``strip_salts=True`` keeps its largest one (the removed ones are
     listed in ``info["removed_fragments"]``). ``max_heavy_atoms`` refuses larger molecules before
     embedding; ``embed_timeout_s`` bounds each ETKDG attempt."""
+    return atoms_from_mol(mol_from_smiles(smiles, seed, mmff, strip_salts=strip_salts,
+                                          max_heavy_atoms=max_heavy_atoms, embed_timeout_s=embed_timeout_s))
+
+
+def atoms_from_mol(mol):
+    """ASE Atoms of an RDKit Mol with explicit hydrogens and a conformer, same atom order; ``info``
+    carries charge and unpaired electrons from the formal charges and radicals, and the SMILES and
+    removed fragments a ``mol_from_smiles`` Mol records."""
+    atoms = mol_to_atoms(mol)
+    for key in ("smiles", "removed_fragments"):
+        if mol.HasProp(f"_ase_diffrelax_{key}"):
+            atoms.info[key] = mol.GetProp(f"_ase_diffrelax_{key}")
+    charge = sum(a.GetFormalCharge() for a in mol.GetAtoms())
+    radicals = sum(a.GetNumRadicalElectrons() for a in mol.GetAtoms())
+    if charge:
+        atoms.info["charge"] = int(charge)
+    if radicals:
+        atoms.info["uhf"] = int(radicals)
+    return atoms
+
+
+def mol_from_smiles(smiles: str, seed: int = 0, mmff: bool = True, *, strip_salts: bool = False,
+                    max_heavy_atoms: int | None = None, embed_timeout_s: float = 60.0):
+    """The RDKit Mol behind ``atoms_from_smiles``: bond orders from the SMILES, hydrogens explicit,
+    one ETKDG (+ MMFF94) conformer; its atom order is the Atoms' order."""
     Chem = _rdkit()
     from rdkit.Chem import AllChem
 
@@ -152,17 +177,10 @@ def atoms_from_smiles(smiles: str, seed: int = 0, mmff: bool = True, *, strip_sa
         conf = mol.GetConformer()
         for i, p in enumerate(pos):
             conf.SetAtomPosition(i, p.tolist())
-    atoms = mol_to_atoms(mol)
-    atoms.info["smiles"] = smiles_used
+    mol.SetProp("_ase_diffrelax_smiles", smiles_used)
     if removed:
-        atoms.info["removed_fragments"] = ".".join(removed)
-    charge = sum(a.GetFormalCharge() for a in mol.GetAtoms())
-    radicals = sum(a.GetNumRadicalElectrons() for a in mol.GetAtoms())
-    if charge:
-        atoms.info["charge"] = int(charge)
-    if radicals:
-        atoms.info["uhf"] = int(radicals)
-    return atoms
+        mol.SetProp("_ase_diffrelax_removed_fragments", ".".join(removed))
+    return mol
 
 
 def mol_to_atoms(mol):

@@ -16,6 +16,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from ..files import ExclusiveLock, append_jsonl, read_jsonl, write_failed
 
 STAGES = ("read", "conformer", "diffusion", "write")
@@ -28,6 +30,7 @@ class Entry:
     name: str = ""
     smiles: str = ""
     error: str = ""
+    mol: object | None = None  # RDKit Mol (SMILES or SD input): bond orders and properties for SDF output
 
 
 @dataclass
@@ -81,6 +84,16 @@ def iter_entries(path: str, shard: tuple[int, int] = (0, 1), seen: dict | None =
             seen["n_entries"] = k + 1
             if k % n == i:
                 yield Entry(k, row.toatoms(), name=str(row.get("name", "")))
+        return
+    if low.endswith(".sdf"):
+        from ..chem.rdkit_interop import atoms_from_mol
+        from ..chem.sdf import iter_sdf
+
+        for k, mol, error in iter_sdf(p):
+            seen["n_entries"] = k + 1
+            if k % n == i:
+                name = mol.GetProp("_Name") if mol is not None and mol.HasProp("_Name") else ""
+                yield Entry(k, atoms_from_mol(mol) if mol is not None else None, name=name, error=error, mol=mol)
         return
     if low.endswith((".xyz", ".extxyz")):
         for k, atoms, error in iter_xyz_frames(p):
@@ -237,6 +250,7 @@ class _Output:
     def __init__(self, path: str, resume: bool, job: dict | None = None):
         self.path = str(path)
         self.db = self.path.lower().endswith(".db")
+        self.sdf = self.path.lower().endswith(".sdf")
         self.progress = Path(self.path + ".progress.jsonl")
         exists = Path(self.path).exists()
         if exists and not resume:
@@ -305,28 +319,35 @@ class _Output:
             # one SQLite transaction per chunk; ASE's lock file is not used (a kill would leave it
             # behind and hang the resume): ExclusiveLock already keeps every other writer out
             with connect(self.path, use_lock_file=False) as db:
-                for atoms, kv in rows:
+                for atoms, kv, _ in rows:
                     db.write(atoms, key_value_pairs={k: v for k, v in kv.items() if v not in ("", None)})
             return
-        from ase.io import write
-
-        frames = []
-        for atoms, kv in rows:
-            a = atoms.copy()
-            a.calc = None
-            a.info.update({k: v for k, v in kv.items() if v not in ("", None)})
-            frames.append(a)
         good = os.path.getsize(self.path) if os.path.exists(self.path) else 0
         try:
-            with open(self.path, "a") as fh:
-                write(fh, frames, format="extxyz")
-                fh.flush()
-                os.fsync(fh.fileno())
+            if self.sdf:
+                from ..chem.sdf import append_sdf
+
+                append_sdf(self.path, [sd_record(atoms, kv, mol) for atoms, kv, mol in rows])
+            else:
+                from ase.io import write
+
+                frames = []
+                for atoms, kv, _ in rows:
+                    a = atoms.copy()
+                    a.calc = None
+                    a.info.update({k: v for k, v in kv.items() if v not in ("", None)})
+                    frames.append(a)
+                with open(self.path, "a") as fh:
+                    write(fh, frames, format="extxyz")
+                    fh.flush()
+                    os.fsync(fh.fileno())
         except OSError:
-            with open(self.path, "r+b") as fh:  # drop the torn chunk now, so the file stays readable
-                fh.truncate(good)
+            if os.path.exists(self.path):
+                with open(self.path, "r+b") as fh:  # drop the torn chunk now, so the file stays readable
+                    fh.truncate(good)
             raise
-        append_jsonl(self.progress, [{"bytes": os.path.getsize(self.path), "indices": [kv["input_index"] for _, kv in rows]}])
+        append_jsonl(self.progress, [{"bytes": os.path.getsize(self.path),
+                                      "indices": [kv["input_index"] for _, kv, _ in rows]}])
 
     def finish(self, header: dict) -> None:
         """Record what a complete shard holds, so that ``merge`` can tell a missing entry from the
@@ -349,6 +370,18 @@ class _Output:
                                           "indices": [], "shard_header": header}])
 
 
+def sd_record(atoms, kv: dict, mol):
+    """An output SD record: the entry's own Mol (bond orders and SD properties of its input) at the
+    relaxed positions, with the row's fields as properties; an entry without a Mol (an unreadable
+    one) keeps its place as a zero-atom record with its name and reason."""
+    from ..chem.sdf import empty_record, relaxed_mol
+
+    props = {k: v for k, v in kv.items() if k != "name"}
+    if mol is None or mol.GetNumAtoms() != len(atoms):
+        return empty_record(kv.get("name", ""), props)
+    return relaxed_mol(mol, atoms.positions, props, name=kv.get("name") or None)
+
+
 def count_shard_entries(path: str, shard: tuple[int, int] = (0, 1)) -> int | None:
     """Entries of this shard without relaxing anything (None when the format cannot be counted
     cheaply): a SMILES file is one read of its lines, an extxyz one read of its headers."""
@@ -362,6 +395,10 @@ def count_shard_entries(path: str, shard: tuple[int, int] = (0, 1)) -> int | Non
         total = connect(p).count()
     elif low.endswith((".xyz", ".extxyz")):
         total = sum(1 for _ in iter_xyz_frames(p, parse=False))
+    elif low.endswith(".sdf"):
+        from ..chem.sdf import count_records
+
+        total = count_records(p)
     else:
         return None
     return len(range(i, total, n))
@@ -401,8 +438,9 @@ def check_output_path(path: str, *, streaming: bool, overwrite: bool = False, in
             raise FileExistsError(f"{path} is the input file: write the results elsewhere (the input is never "
                                   "overwritten)")
     if streaming:
-        if out.suffix.lower() not in (".db", ".extxyz", ".xyz"):
-            raise ValueError(f"{path}: streaming writes .db or .extxyz (.xyz) files, not {out.suffix or 'no extension'!r}")
+        if out.suffix.lower() not in (".db", ".extxyz", ".xyz", ".sdf"):
+            raise ValueError(f"{path}: streaming writes .db, .sdf or .extxyz (.xyz) files, not "
+                             f"{out.suffix or 'no extension'!r}")
         return
     from ase.io.formats import filetype, ioformats
 
@@ -454,7 +492,7 @@ def _relax_collection(input_path, output_path, *, shard, resume, model, policy, 
     from ase import Atoms
 
     from ..adapters.batch import relax_many
-    from ..chem.rdkit_interop import atoms_from_smiles
+    from ..chem.rdkit_interop import atoms_from_mol, mol_from_smiles
 
     out = _Output(output_path, resume, job_identity(input_path, shard, model, policy, seed, conformer_seed))
     stats = CollectionStats()
@@ -485,8 +523,9 @@ def _relax_collection(input_path, output_path, *, shard, resume, model, policy, 
         for e in chunk:
             if e.atoms is None and e.smiles and not e.error:
                 try:
-                    e.atoms = atoms_from_smiles(e.smiles, seed=conformer_seed, max_heavy_atoms=max_heavy,
-                                                embed_timeout_s=embed_timeout_s, strip_salts=True)
+                    e.mol = mol_from_smiles(e.smiles, seed=conformer_seed, max_heavy_atoms=max_heavy,
+                                            embed_timeout_s=embed_timeout_s, strip_salts=True)
+                    e.atoms = atoms_from_mol(e.mol)
                 except Exception as exc:  # RDKit's many failure types: record, never stop the run
                     e.error = f"SMILES {e.smiles!r}: {exc}"
         stats.seconds["conformer"] += time.perf_counter() - t0
@@ -512,10 +551,12 @@ def _relax_collection(input_path, output_path, *, shard, resume, model, policy, 
                 reason = r.reason.removeprefix(f"{label}: ")
                 atoms, kv["status"], kv["reason"] = r.atoms, r.status, reason
                 kv.update(diffusion_steps=r.steps, diffusion_model=r.atoms.info.get("diffusion_model"),
+                          diffusion_level_of_theory=r.atoms.info.get("diffusion_level_of_theory"),
+                          diffusion_t=float(r.t_hat) if np.isfinite(r.t_hat) else None,
                           topology_changed=bool(r.topology.get("changed")))
                 atoms = atoms.copy()
                 atoms.info = {}
-            rows.append((atoms, kv))
+            rows.append((atoms, kv, e.mol))
             stats.statuses[kv["status"]] = stats.statuses.get(kv["status"], 0) + 1
         out.write(rows)
         stats.seconds["write"] += time.perf_counter() - t0
@@ -550,6 +591,23 @@ def _plain(value):
     return value.item() if hasattr(value, "item") and getattr(value, "ndim", 1) == 0 else value
 
 
+def _read_sdf_rows(path: str) -> list:
+    """An SD shard as placeholder Atoms whose info holds the record's properties and the Mol itself."""
+    from ase import Atoms
+    from rdkit import Chem
+
+    out = []
+    with open(path, "rb") as fh:
+        for k, mol in enumerate(Chem.ForwardSDMolSupplier(fh, removeHs=False, sanitize=False)):
+            if mol is None:
+                raise ValueError(f"merge: {path} record {k} is not readable as an SD record")
+            a = Atoms()
+            a.info.update(mol.GetPropsAsDict(includePrivate=False, includeComputed=False))
+            a.info["_mol"] = mol
+            out.append(a)
+    return out
+
+
 def merge_outputs(inputs: list[str], output: str, expected: int | None = None, overwrite: bool = False) -> dict:
     """Join shard outputs into one, ordered by input index; refuses missing inputs, duplicates
     and an existing output, and reports gaps up to the input's size (``expected``, else the
@@ -562,6 +620,10 @@ def merge_outputs(inputs: list[str], output: str, expected: int | None = None, o
     if Path(output).exists() and not overwrite:
         raise FileExistsError(f"{output} exists: pass --overwrite to replace it, or choose another output")
     check_output_path(output, streaming=True, inputs=inputs)
+    sdf = [p.lower().endswith(".sdf") for p in [*inputs, output]]
+    if any(sdf) and not all(sdf):
+        raise ValueError("merge: SD files merge only with SD files (bond orders and SD properties live in them): "
+                         f"got {', '.join([*inputs, output])}")
     rows, sizes, unfinished = [], set(), []
     for p in inputs:
         header = _shard_header(p)
@@ -569,7 +631,9 @@ def merge_outputs(inputs: list[str], output: str, expected: int | None = None, o
             unfinished.append(p)
         else:
             sizes.add(int(header["n_input_entries"]))
-        if p.lower().endswith(".db"):
+        if p.lower().endswith(".sdf"):
+            part = _read_sdf_rows(p)
+        elif p.lower().endswith(".db"):
             from ase.db import connect
 
             part = []
@@ -586,7 +650,7 @@ def merge_outputs(inputs: list[str], output: str, expected: int | None = None, o
             if "input_index" not in a.info:
                 raise ValueError(f"merge: {p} row {k} has no input_index: not an output of 'ase-diffrelax relax' "
                                  "(streaming mode), so it cannot be merged")
-            a.info = {key: _plain(v) for key, v in a.info.items()}
+            a.info = {key: (v if key == "_mol" else _plain(v)) for key, v in a.info.items()}
         rows.extend(part)
     if expected is None and len(sizes) > 1:
         raise ValueError(f"merge: the shards come from inputs of different sizes {sorted(sizes)}: not one collection")
@@ -604,7 +668,11 @@ def merge_outputs(inputs: list[str], output: str, expected: int | None = None, o
         if overwrite and Path(output).exists():
             Path(output).unlink()
             Path(output + ".progress.jsonl").unlink(missing_ok=True)
-        if output.lower().endswith(".db"):
+        if output.lower().endswith(".sdf"):
+            from ..chem.sdf import append_sdf
+
+            append_sdf(output, [seen[k].info["_mol"] for k in order])
+        elif output.lower().endswith(".db"):
             from ase.db import connect
 
             with connect(output, use_lock_file=False) as db:
