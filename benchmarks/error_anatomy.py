@@ -196,3 +196,16 @@ def main(argv=None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def markdown(report: dict) -> str:
+    """The anatomy table of a report, for docs/benchmarks.md."""
+    lines = ["| start | dE | hydrogens | local | torsional | shares H / local / torsional | bond X-H RMS | bond heavy RMS "
+             "| angle RMS [deg] | torsion RMS [deg] |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for name, e in report["starts"].items():
+        sh = e["mean_share_pct"]
+        lines.append(f"| {name} | {e['dE_kcal']:.2f} | {e['hydrogens_kcal']:.2f} | {e['local_kcal']:.2f} | "
+                     f"{e['torsional_kcal']:.2f} | {sh['hydrogens_kcal']:.0f} / {sh['local_kcal']:.0f} / "
+                     f"{sh['torsional_kcal']:.0f} % | {e['bond_xh_rms_A']:.4f} | {e['bond_heavy_rms_A']:.4f} | "
+                     f"{e['angle_rms_deg']:.2f} | {e['torsion_rms_deg']:.2f} |")
+    return "\n".join(lines)

@@ -254,7 +254,12 @@ def plot(report: dict, path: str) -> str:
         ax.errorbar(x, d["median"], yerr=[[0], [d["p90"] - d["median"]]], fmt="o", capsize=3)
         ax.annotate(m.replace("diffusion:", ""), (x, d["median"]), textcoords="offset points", xytext=(5, 4),
                     fontsize=8)
-    ax.set_xscale("symlog", linthresh=1e-3)
+    ax.set_xscale("log")
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    ax.set_xticks([t for t in (0.01, 0.03, 0.1, 0.3, 1, 3, 10, 30) if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]])
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("wall time per molecule beyond the MMFF94 start [s] (median, one thread)")
     ax.set_ylabel("GFN2-xTB energy above the minimum [kcal/mol]\n(median, bar to p90)")
     ax.set_title(f"Start quality vs cost, MOSES {report['part']} (n={report['n']})")
