@@ -738,8 +738,8 @@ def test_a_file_size_limit_while_streaming_is_one_line_and_resume_completes_the_
     write_smi(tmp_path / "lib.smi", ["CCO", "CCN", "CC#N", "COC", "CC(=O)O"] * 60)
     out = tmp_path / f"out{ext}"
     cmd = [sys.executable, "-m", "ase_diffrelax", "relax", str(tmp_path / "lib.smi"), "-o", str(out),
-           "--chunk-size", "40", "--model", str(tiny_model.path), *FAST]
-    limit = lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (120_000, 120_000))  # noqa: E731
+           "--chunk-size", "20", "--model", str(tiny_model.path), *FAST]
+    limit = lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))  # noqa: E731
     r = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=600, preexec_fn=limit)
     assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr[-2000:]
     lines = [line for line in r.stderr.splitlines() if "ase-diffrelax: failed" in line]
