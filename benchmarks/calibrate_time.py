@@ -34,9 +34,9 @@ import torch
 
 from ase_diffrelax import load_model
 from ase_diffrelax.chem.rmsd import SymmetricRMSD
+from ase_diffrelax.core.checkpoint import write_card
 from ase_diffrelax.core.policy import make_policy
 from ase_diffrelax.evaluation import KCAL_MOL_PER_EV, build_starts, measure, pick_molecules, policy_from_name
-from ase_diffrelax.files import atomic_write_json
 
 
 def dataset_val_starts(path: str, n: int, seed: int):
@@ -170,7 +170,7 @@ def _write(args, grid, score, fitted_on, rule):
     if not args.dry_run:
         card = json.loads(Path(args.card).read_text())
         card["time_calibration"] = cal
-        atomic_write_json(Path(args.card), card)
+        write_card(Path(args.card), card)
     return cal
 
 

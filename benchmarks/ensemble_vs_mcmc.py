@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ase_diffrelax.core.checkpoint import write_card
 from ase_diffrelax.files import JsonlStore, atomic_write_json, save_figure
 
 HERE = Path(__file__).resolve().parent
@@ -188,7 +189,7 @@ def main(argv=None):
             "held_out_mean_abs_error_median_eV": result["fit"]["mean_abs_error_median_eV"],
             "source": str(args.out), "meaning": "a calibrated knob for the spread of sample_ensemble, not a thermostat "
                                                 "(docs/ensembles.md)"}
-        atomic_write_json(args.card, card)
+        write_card(args.card, card)
     print(json_summary(result))
     return result
 

@@ -8,7 +8,7 @@ import json
 import sys
 from pathlib import Path
 
-from ase_diffrelax.files import atomic_write_json
+from ase_diffrelax.core.checkpoint import write_card
 
 
 def main(card_path, result_path):
@@ -29,7 +29,7 @@ def _update(card_path, result_path):
             card.setdefault("benchmarks", {})[f"moses_{part}"] = {
                 "source": result_path, "rmsd": res["rmsd"], "xtb_fmax": res["fmax"], "policy": res["policy"],
                 **{k: v for k, v in e.items() if k != "table"}}
-        atomic_write_json(Path(card_path), card)
+        write_card(Path(card_path), card)
         return
     card["relaxation"] = {
         "source": result_path, "split": res["split"], "rmsd": res["rmsd"],
@@ -39,7 +39,7 @@ def _update(card_path, result_path):
                                       for name, s in e["policies"].items()}}
                   for kind, e in res["kinds"].items()},
     }
-    atomic_write_json(Path(card_path), card)
+    write_card(Path(card_path), card)
 
 
 if __name__ == "__main__":

@@ -842,3 +842,14 @@ def test_cli_dft_uses_density_fitting_by_default_as_benchmarked():
 
     assert build_parser().parse_args(["pipeline", "CCO", "--to", "dft"]).density_fit is True
     assert build_parser().parse_args(["pipeline", "CCO", "--to", "dft", "--no-density-fit"]).density_fit is False
+
+
+def test_write_card_keeps_a_saved_card_verifiable_after_a_legitimate_edit(tiny_model, tmp_path):
+    from ase_diffrelax.core.checkpoint import load_model, write_card
+
+    base = _saved_copy(tiny_model, tmp_path)
+    card = json.loads(base.with_suffix(".json").read_text())
+    card["time_calibration"] = {"t_scale": 1.5, "t_scale_cap": 100}
+    write_card(base.with_suffix(".json"), card)
+    m = load_model(base)
+    assert m.verified.startswith("card sha256") and m.card["time_calibration"]["t_scale"] == 1.5

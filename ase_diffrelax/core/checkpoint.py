@@ -188,6 +188,16 @@ def save_model(path: str | os.PathLike, net: Denoiser, schedule: NoiseSchedule, 
     return base
 
 
+def write_card(path: str | os.PathLike, card: dict) -> Path:
+    """Rewrite a saved checkpoint's card (calibration, measured metrics) with its ``card_sha256``
+    recomputed, so the tools that legitimately edit a card keep it verifiable. A shipped card is
+    resealed in the registry instead (``benchmarks/ship_checkpoint.py --seal``)."""
+    card = json.loads(json.dumps(card, default=_plain))
+    if card.get("weights_sha256"):
+        card["card_sha256"] = card_digest(card)
+    return atomic_write_json(path, card)
+
+
 def _plain(obj):
     if hasattr(obj, "tolist"):
         return obj.tolist()
