@@ -853,3 +853,13 @@ def test_write_card_keeps_a_saved_card_verifiable_after_a_legitimate_edit(tiny_m
     write_card(base.with_suffix(".json"), card)
     m = load_model(base)
     assert m.verified.startswith("card sha256") and m.card["time_calibration"]["t_scale"] == 1.5
+
+
+def test_the_readme_snippet_runs_in_a_fresh_folder(tmp_path):
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    snippet = readme.split("```python\n", 1)[1].split("```", 1)[0]
+    r = subprocess.run([sys.executable, "-c", snippet], cwd=tmp_path, env=ENV, capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]

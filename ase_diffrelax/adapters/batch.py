@@ -1,6 +1,7 @@
 """``relax_many``: the batch adapter over the sampler core (molecules swapped in and out of one batch)."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 from ..chem.topology import describe, topology_change
@@ -58,11 +59,15 @@ def relax_many(atoms_list, *, model=None, policy: Policy | str = "jt", batch_siz
         raise ValueError("trajectory for several molecules needs '{i}' in the file name, e.g. 'relax_{i}.traj'")
     results: list[RelaxResult | None] = [None] * len(atoms_list)
     groups: dict = {}  # checkpoint -> indices it relaxes (model=None: chosen per molecule)
+    loaded: dict = {}  # one verified load per checkpoint per call (each load hashes its files)
     for k, atoms in enumerate(atoms_list):
         label = labels[k] if labels is not None else f"structure {k}"
         try:
-            m = load_model(model if model is not None else choose_model([atoms], label), device=device,
-                           compile=compile)
+            wanted = model if model is not None else choose_model([atoms], label)
+            key = wanted if isinstance(wanted, (str, os.PathLike)) or wanted is None else id(wanted)
+            if key not in loaded:
+                loaded[key] = load_model(wanted, device=device, compile=compile)
+            m = loaded[key]
             check_for_model(atoms, m, label=label, warn_unseen=unseen_bonds == "relax")
         except InputError as exc:
             if on_error == "raise":
