@@ -31,7 +31,7 @@ def run_route(smiles: str, route: str, threads: int = 1) -> dict:
     from ase_diffrelax import default_stages, run_pipeline
     from ase_diffrelax.workflows.calculators import calculator_factory, parse_params
 
-    nwchem = calculator_factory("nwchem", parse_params("dft={xc:B3LYP,mult:1},basis=6-31G*"))
+    nwchem = calculator_factory("nwchem", parse_params("dft={xc:B3LYP,mult:1},basis=6-31G*,memory='2 gb'"))
     t0 = time.perf_counter()
     if route == "pyscf":
         res = run_pipeline(smiles, stages=default_stages("dft"), gradient_cache=CACHE,

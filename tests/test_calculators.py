@@ -107,3 +107,13 @@ def test_electronic_state_goes_through_the_keywords_each_code_reads():
     m = MOPAC()
     assert "initial magnetic moment 1" in apply_electronic_state(m, a, 0, 1)
     assert m.parameters["charge"] == 0 and a.get_initial_magnetic_moments().sum() == 1
+
+
+def test_cli_calc_module_function_and_pre_calc(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "ase_diffrelax", "pipeline", "CCO", "--calc", "ase.calculators.emt:EMT",
+                        "--pre-calc", "ase.calculators.emt:EMT", "--json", str(tmp_path / "r.json")],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert [s["stage"] for s in report] == ["mmff", "diffusion", "emt", "emt"]
+    assert report[-1]["extra"]["calculator"] == "emt" and report[-1]["optimizer"] == "bfgs"

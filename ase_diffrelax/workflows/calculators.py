@@ -27,6 +27,10 @@ CHARGE_SPIN = {
 }
 
 
+# keywords that change where or how a code runs, not its results: left out of a gradient cache's key
+NOT_RESULTS = ("directory", "label", "command", "profile", "memory", "nthreads", "scratch")
+
+
 def parse_params(text: str | None) -> dict:
     """``key=value,...`` as ``ase run -p`` writes it (values: Python literals, else strings;
     ``{a:1,b:x}`` nests), read with ``ast.literal_eval``: nothing typed on a command line runs."""
@@ -74,7 +78,10 @@ def calculator_factory(spec: str, params: dict | None = None):
             fn = getattr(importlib.import_module(module), name)
         except (ImportError, AttributeError) as exc:
             raise ValueError(f"--calc {spec}: cannot import {name} from {module} ({exc})") from None
-        return lambda: fn(**params)
+        def make_from_function():
+            return fn(**params)
+        make_from_function.calc_name, make_from_function.calc_params = spec, params
+        return make_from_function
     from ase.calculators.calculator import get_calculator_class
 
     try:
@@ -123,7 +130,7 @@ def identity(calc, factory=None) -> tuple[str, str]:
     params = getattr(factory, "calc_params", None)
     if params is None:
         params = dict(getattr(calc, "parameters", {}) or {})
-    params = {k: v for k, v in params.items() if k not in ("directory", "label", "command", "profile")}
+    params = {k: v for k, v in params.items() if k not in NOT_RESULTS}
     return str(name).lower(), json.dumps(params, sort_keys=True, default=str)
 
 

@@ -294,7 +294,7 @@ def _stage_calculator(atoms, stage, given, physics_params, charge, uhf, gradient
         calc = calculators.resolve(given)
         name, params = calculators.identity(calc, given)
         how = calculators.apply_electronic_state(calc, atoms, q, u, trusted=calc_state == "set")
-        extra = {"calculator": name, "parameters": params, "charge_spin": how}
+        extra = {"calculator": name.split(":")[-1], "calculator_spec": name, "parameters": params, "charge_spin": how}
     else:
         calc = make_physics_calculator("dft", q, u, **physics_params)
         name, params = "pyscf", json.dumps(physics_params, sort_keys=True, default=str)
