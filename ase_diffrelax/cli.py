@@ -24,6 +24,24 @@ def _read_frames(path: str, index: str = ":"):
 
     if not os.path.exists(path):
         raise UserError(f"{path}: no such file")
+    if path.lower().endswith(".sdf"):  # ASE's reader stops after the first record; RDKit reads them all
+        from ase.io.formats import string2index
+
+        from .chem.rdkit_interop import atoms_from_mol
+        from .chem.sdf import iter_sdf
+
+        frames = []
+        for k, mol, error in iter_sdf(path):
+            if mol is None:
+                raise UserError(f"{path}: {error}")
+            atoms = atoms_from_mol(mol)
+            atoms.info["name"] = mol.GetProp("_Name") if mol.HasProp("_Name") else ""
+            frames.append(atoms)
+        picked = frames[string2index(index)]
+        frames = picked if isinstance(picked, list) else [picked]
+        if not frames:
+            raise UserError(f"{path}: no structures found (index {index!r})")
+        return frames
     frames = []
     try:
         for atoms in iread(path, index=index):

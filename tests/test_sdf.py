@@ -105,3 +105,12 @@ def test_pipeline_writes_an_sdf_with_the_smiles_bond_orders(tmp_path):
     (mol,) = records(tmp_path / "f.sdf")
     assert Chem.MolToSmiles(Chem.RemoveHs(mol)) == Chem.CanonSmiles("O=C(O)c1ccccc1")
     assert mol.GetProp("bond_orders") == "from the SMILES" and mol.GetProp("relaxed_by") == "xtb"
+
+
+def test_every_record_of_a_multi_record_sdf_is_read_for_a_non_streaming_output(library, tmp_path):
+    from ase.io import read
+
+    r = cli("relax", str(library), "-o", str(tmp_path / "out.extxyz"), "--index", ":12", "--model", "qm9-painn128-jt",
+            *FAST)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert len(read(tmp_path / "out.extxyz", ":")) == 12  # ASE's own sdf reader would stop after the first
