@@ -89,6 +89,8 @@ def markdown(before: dict, after: dict | None = None) -> str:
             return rep["parts"][part][kind].get(key, {}).get(field, 0)
         tr = str(get(before, "test", "train") or get(before, "test_scaffolds", "train"))
         if after:
-            tr += f" -> {get(after, 'test', 'train') or get(after, 'test_scaffolds', 'train')}"
+            rare = any(key in after["parts"][p][kind] for p in after["parts"])
+            now = get(after, "test", "train") or get(after, "test_scaffolds", "train")
+            tr += f" -> {now}" if rare or kind == "groups" else " -> >= 20 (no longer rare)"
         lines.append(f"| {key} | {tr} | {get(before, 'test', 'test')} | {get(before, 'test_scaffolds', 'test_scaffolds')} |")
     return "\n".join(lines)
