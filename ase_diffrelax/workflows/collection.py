@@ -1,15 +1,17 @@
 """Relaxing large collections: streamed input, sharded, incremental and resumable output.
 
-Input is read lazily (``.smi``/``.txt``: one SMILES per line with an optional name; ASE db;
-any multi-frame ASE format through ``ase.io.iread``), so memory is bounded by ``chunk_size``.
-Entry k belongs to shard I of N when k % N == I. Each chunk is relaxed as one streaming batch
-and appended to the output: an ASE db (one transaction per chunk) or an extxyz file (with a
-``.progress.jsonl`` sidecar that records the file size after every chunk, so a resumed run
-first cuts off a half-written chunk). Every input entry of the shard gets exactly one output
-row with ``input_index``, ``status`` (converged / max_steps / diverged / rejected) and, when
-not relaxed, ``reason``; a bad entry never stops the run.
-"""
-from __future__ import annotations
+Input is read lazily (``.smi``/``.txt``: one SMILES per line with an optional name; ``.sdf``
+through RDKit, bond orders and properties kept; ASE db; (ext)xyz frame by frame; any other
+multi-frame ASE format through ``ase.io.iread``), so memory is bounded by ``chunk_size``.
+Entry k belongs to shard I of N when k % N == I; its noise seed is ``seed + k``. Each chunk is
+relaxed as one streaming batch and appended to the output: an ASE db (one transaction per chunk),
+or an extxyz or SD file (with a ``.progress.jsonl`` sidecar that records the job first and then the
+file size after every chunk, so a resumed run first cuts off a half-written chunk). The output
+records the job that wrote it; ``--resume`` continues only that job. Every input entry of the
+shard gets exactly one output row with ``input_index``, ``status`` (converged / bonds_broken /
+max_steps / diverged / unseen_bonds / rejected) and, when not relaxed, ``reason``; a bad entry
+never stops the run.
+"""from __future__ import annotations
 
 import os
 import time
