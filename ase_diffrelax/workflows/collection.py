@@ -11,7 +11,8 @@ records the job that wrote it; ``--resume`` continues only that job. Every input
 shard gets exactly one output row with ``input_index``, ``status`` (converged / bonds_broken /
 max_steps / diverged / unseen_bonds / rejected) and, when not relaxed, ``reason``; a bad entry
 never stops the run.
-"""from __future__ import annotations
+"""
+from __future__ import annotations
 
 import os
 import time
