@@ -123,7 +123,7 @@ def _relax_collection(args) -> int:
     stats = relax_collection(args.input, args.output, shard=shard, resume=args.resume, model=args.model,
                              policy=_policy(args), seed=args.seed, conformer_seed=args.conformer_seed,
                              chunk_size=args.chunk_size, batch_size=args.batch_size, device=args.device,
-                             progress=not args.quiet, compile=compile)
+                             progress=not args.quiet, compile=compile, n_entries=n_entries)
     wall = __import__("time").perf_counter() - t0
     summary = ", ".join(f"{v} {k}" for k, v in sorted(stats.statuses.items())) or "nothing new"
     print(f"shard {shard[0]}/{shard[1]}: {stats.entries} entries ({summary}); {stats.skipped_done} already done; "

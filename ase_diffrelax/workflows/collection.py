@@ -460,7 +460,8 @@ def check_output_path(path: str, *, streaming: bool, overwrite: bool = False, in
 def relax_collection(input_path: str, output_path: str, *, shard: tuple[int, int] = (0, 1), resume: bool = False,
                      model=None, policy="jt", seed: int = 0, conformer_seed: int = 0, chunk_size: int = 512,
                      batch_size: int | None = None, device=None, progress: bool = True,
-                     compile: bool = False, embed_timeout_s: float = 60.0) -> CollectionStats:
+                     compile: bool = False, embed_timeout_s: float = 60.0,
+                     n_entries: int | None = None) -> CollectionStats:
     """Relax every entry of this shard of ``input_path`` into ``output_path`` (see module doc).
 
     One writer per output: a second process on the same output is refused (``LockHeld``). An
@@ -475,7 +476,7 @@ def relax_collection(input_path: str, output_path: str, *, shard: tuple[int, int
         return _relax_collection(input_path, output_path, shard=shard, resume=resume, model=model, policy=policy,
                                  seed=seed, conformer_seed=conformer_seed, chunk_size=chunk_size,
                                  batch_size=batch_size, device=device, progress=progress, compile=compile,
-                                 embed_timeout_s=embed_timeout_s)
+                                 embed_timeout_s=embed_timeout_s, n_entries=n_entries)
 
 
 def max_heavy_atoms_accepted(model=None, factor: float = 2.0) -> int:
@@ -491,7 +492,7 @@ def max_heavy_atoms_accepted(model=None, factor: float = 2.0) -> int:
 
 
 def _relax_collection(input_path, output_path, *, shard, resume, model, policy, seed, conformer_seed, chunk_size,
-                      batch_size, device, progress, compile, embed_timeout_s) -> CollectionStats:
+                      batch_size, device, progress, compile, embed_timeout_s, n_entries) -> CollectionStats:
     from ase import Atoms
 
     from ..adapters.batch import relax_many
@@ -505,7 +506,8 @@ def _relax_collection(input_path, output_path, *, shard, resume, model, policy, 
     if progress:
         from tqdm import tqdm
 
-        n = count_shard_entries(input_path, shard)  # one cheap pass: the bar gets a total and an ETA
+        # the bar gets a total and an ETA; a caller that counted already (the CLI) passes it in
+        n = n_entries if n_entries is not None else count_shard_entries(input_path, shard)
         left = None if n is None else max(0, n - sum(1 for i in out.done if i % shard[1] == shard[0]))
         bar = tqdm(desc=f"relax shard {shard[0]}/{shard[1]}", total=left, unit="mol", mininterval=2, smoothing=0.05)
     entries = iter_entries(input_path, shard, seen)

@@ -306,7 +306,6 @@ def _stage_calculator(atoms, stage, given, physics_params, charge, uhf, gradient
 
 
 def handoff_defaults() -> dict:
-    import json
     from pathlib import Path
 
     return json.loads((Path(__file__).with_name("handoff_defaults.json")).read_text())
