@@ -27,15 +27,12 @@ def _read_frames(path: str, index: str = ":"):
     if path.lower().endswith(".sdf"):  # ASE's reader stops after the first record; RDKit reads them all
         from ase.io.formats import string2index
 
-        from .chem.rdkit_interop import atoms_from_mol
-        from .chem.sdf import iter_sdf
+        from .chem.sdf import iter_sdf_atoms
 
         frames = []
-        for k, mol, error in iter_sdf(path):
-            if mol is None:
+        for _, atoms, _, error, _ in iter_sdf_atoms(path):
+            if atoms is None:
                 raise UserError(f"{path}: {error}")
-            atoms = atoms_from_mol(mol)
-            atoms.info["name"] = mol.GetProp("_Name") if mol.HasProp("_Name") else ""
             frames.append(atoms)
         picked = frames[string2index(index)]
         frames = picked if isinstance(picked, list) else [picked]
@@ -99,6 +96,7 @@ def _train(args) -> int:
         seed=args.seed, max_train_molecules=args.max_train_molecules, data=args.data or "",
         lr_decay_start=args.lr_decay[0], lr_decay_end=args.lr_decay[1],
         model=model_cfg.todict(), init=args.init or "", compile=args.compile,
+        low_t_weight=args.low_t_weight, low_t_max=args.low_t_max,
     )
     trainer = run_training(cfg, resume=args.resume, progress=not args.no_progress, stop_after_s=args.stop_after)
     print(json.dumps(trainer.history[-1] if trainer.history else {"step": trainer.step}))
@@ -463,6 +461,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--blocks", type=int, default=3, help="PaiNN message-passing blocks")
     t.add_argument("--mmff-fraction", type=float, default=0.4,
                    help="fraction of each batch built from MMFF94 starts of training molecules")
+    t.add_argument("--low-t-weight", type=float, default=1.0, help="noise-loss weight of molecules at step "
+                   "t <= --low-t-max, where relaxation ends (weights normalised per batch; 1 = plain mean)")
+    t.add_argument("--low-t-max", type=int, default=50, help="the largest step --low-t-weight applies to")
     t.add_argument("--val-every", type=int, default=1000, help="steps between validations")
     t.add_argument("--ckpt-every", type=int, default=250, help="steps between saved training states")
     t.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")

@@ -15,6 +15,8 @@ dataset's ``pos_mmff``, ETKDG -> MMFF94 from the SMILES) and is scored by
 Methods: ``mmff`` (the start itself), ``gfnff`` (``xtb --gfnff --opt normal``, when the program is
 on PATH), ``diffusion:NAME`` for any checkpoint name or path (policy ``jt``), ``xtb-opt`` (the
 dataset's GFN2-xTB minimum: dE 0 unless a hand-off route found a lower one; wall from the build).
+Diagnostic: ``diffusion-at-min:NAME`` starts the sampler at the GFN2-xTB minimum itself; where it
+ends says how precisely the checkpoint knows the minimum (its floor), apart from the way there.
 Every molecule-method result is cached in ``benchmarks/cache/start_quality_moses.jsonl`` (keyed by
 the checkpoint's weights hash), so a killed run resumes and a new checkpoint adds only its rows.
 
@@ -106,8 +108,9 @@ class Scorer:
                 "rmsd_all": self.rmsd_all(positions), "rmsd_heavy": self.rmsd_heavy(positions[self.heavy])}
 
 
-def diffusion_rows(model_name: str, mols, batch: int = 16) -> dict[int, dict]:
-    """Diffusion starts of ``mols`` in batches; positions, steps and wall per molecule (batch wall / n)."""
+def diffusion_rows(model_name: str, mols, batch: int = 16, at_minimum: bool = False) -> dict[int, dict]:
+    """Diffusion starts of ``mols`` in batches; positions, steps and wall per molecule (batch wall / n).
+    ``at_minimum``: start at the GFN2-xTB minimum itself instead of MMFF94's (the model's own floor)."""
     from ase_diffrelax import load_model, relax_many
 
     model = load_model(model_name, device="cpu")
@@ -117,7 +120,7 @@ def diffusion_rows(model_name: str, mols, batch: int = 16) -> dict[int, dict]:
         starts = []
         for a in chunk:
             s = a.copy()
-            s.positions = a.arrays["positions_mmff"]
+            s.positions = a.positions if at_minimum else a.arrays["positions_mmff"]
             starts.append(s)
         t0 = time.perf_counter()
         res = relax_many(starts, model=model, progress=False, batch_size=batch, unseen_bonds="relax", on_error="skip")
@@ -129,7 +132,7 @@ def diffusion_rows(model_name: str, mols, batch: int = 16) -> dict[int, dict]:
 
 
 def method_key(method: str) -> str:
-    if not method.startswith("diffusion:"):
+    if not method.startswith(("diffusion:", "diffusion-at-min:")):
         return method
     from ase_diffrelax import load_model
     from ase_diffrelax.evaluation import model_hash
@@ -164,7 +167,8 @@ def run(part: str, n: int, methods: list[str], data: Path = DATA, log=print) -> 
             rows.pop(method)
             continue
         done_before = len(mols) - len(todo)
-        diffused = diffusion_rows(method.split(":", 1)[1], todo) if method.startswith("diffusion:") and todo else {}
+        diffused = diffusion_rows(method.split(":", 1)[1], todo, at_minimum=method.startswith("diffusion-at-min:")) \
+            if method.startswith(("diffusion:", "diffusion-at-min:")) and todo else {}
         for k, a in enumerate(todo):
             ident = int(a.info["id"])
             s = scorer(a)
@@ -248,7 +252,7 @@ def plot(report: dict, path: str) -> str:
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     for m, e in report["methods"].items():
         w, d = e["wall_s"], e["dE_kcal"]
-        if not w.get("n") or not d.get("n"):
+        if not w.get("n") or not d.get("n") or m.startswith("diffusion-at-min:"):  # a diagnostic, not a start
             continue
         x = max(w["median"], 1e-4)
         ax.errorbar(x, d["median"], yerr=[[0], [d["p90"] - d["median"]]], fmt="o", capsize=3)
@@ -269,7 +273,9 @@ def plot(report: dict, path: str) -> str:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--part", default="val", choices=["val", "test", "test_scaffolds"])
+    p.add_argument("--part", default="val", choices=["val", "test", "test_scaffolds", "train"],
+                   help="val: tuning; test, test_scaffolds: reporting; train: the fit diagnostic (molecules the "
+                   "drug-like checkpoints trained on, their MMFF94 starts included: a train-val gap says data limits)")
     p.add_argument("--n", type=int, default=200)
     p.add_argument("--methods", default=DEFAULT_METHODS, help="comma list: mmff, gfnff, diffusion:NAME, xtb-opt")
     p.add_argument("--out", default=None, help="JSON report")

@@ -22,6 +22,31 @@ def _data():
     return TrainingData(ms, fake_mmff)
 
 
+def test_low_t_weight_is_a_normalised_reweighting_of_the_noise_loss(tmp_path):
+    """Weight 1 is the plain mean; weight W moves the noise loss toward the molecules at t <= low_t_max."""
+    data = _data()
+    ids, mask = np.arange(8), np.zeros(8, dtype=bool)
+    losses = {}
+    for w in (1.0, 4.0):
+        cfg = TrainConfig(out=str(tmp_path / f"w{w}"), batch_size=8, model=TINY, time_weight=0.0, low_t_weight=w)
+        tr = Trainer(cfg, data, data, progress=False)
+        batch = tr.batch(data, ids, mask)
+        loss, aux = tr.loss(tr.net, batch, torch.Generator().manual_seed(3), 1.0)
+        losses[w] = (loss.item(), aux)
+    _, aux = losses[1.0]
+    per_atom = aux["noise_mse"][aux["mol"]]  # per molecule, broadcast: the loss is over atoms
+    counts = torch.bincount(aux["mol"]).float()
+    low = aux["t"] <= 50
+    assert 0 < int(low.sum()) < 8, "the draw should hold both small and large t"
+    w_mol = torch.where(low, 4.0, 1.0)
+    expect_plain = float((aux["noise_mse"] * counts).sum() / counts.sum())
+    expect_w = float((aux["noise_mse"] * counts * w_mol).sum() / (counts * w_mol).sum())
+    assert per_atom.shape[0] == counts.sum()
+    assert losses[1.0][0] == pytest.approx(expect_plain, rel=1e-5)
+    assert losses[4.0][0] == pytest.approx(expect_w, rel=1e-5)
+    assert losses[4.0][0] != pytest.approx(losses[1.0][0], rel=1e-3)
+
+
 def test_split_is_fixed():
     assert split_of(np.array([10, 20, 11, 21, 12, 19, 1])).tolist() == \
         ["test", "test", "val", "val", "train", "train", "val"]
@@ -235,7 +260,8 @@ def test_training_refuses_bad_data_naming_the_frame(tmp_path, capsys, damage, me
 
 
 @pytest.mark.parametrize("option,value", [("--lr-decay", "10:5"), ("--val-every", "0"), ("--ckpt-every", "0"),
-                                          ("--steps", "-1"), ("--lr", "0")])
+                                          ("--steps", "-1"), ("--lr", "0"), ("--low-t-weight", "0"),
+                                          ("--low-t-max", "0")])
 def test_training_refuses_impossible_numbers(tmp_path, capsys, option, value):
     from ase.io import write
 

@@ -31,6 +31,20 @@ def iter_sdf(path: str):
                 yield k, None, f"SD record {k}: {exc}"
 
 
+def iter_sdf_atoms(path: str):
+    """(index, Atoms or None, name, error, Mol or None) per SD record: ``iter_sdf`` as ASE sees it."""
+    from .rdkit_interop import atoms_from_mol
+
+    for k, mol, error in iter_sdf(path):
+        if mol is None:
+            yield k, None, "", error, None
+            continue
+        name = mol.GetProp("_Name") if mol.HasProp("_Name") else ""
+        atoms = atoms_from_mol(mol)
+        atoms.info["name"] = name
+        yield k, atoms, name, error, mol
+
+
 def with_hydrogens_3d(mol, seed: int = 0):
     """The record as the denoiser needs it: implicit hydrogens made explicit (placed from the
     heavy atoms' geometry), a 2D or missing conformer replaced by ETKDG + MMFF94. Props kept."""

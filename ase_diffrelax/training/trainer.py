@@ -45,6 +45,10 @@ class TrainConfig:
     grad_clip: float = 0.5
     mmff_fraction: float = 0.4
     teacher_forcing: float = 0.5  # fraction of molecules whose noise head sees the true t
+    # noise-loss weight of molecules at t <= low_t_max (relaxation ends there; MMFF94 starts sit at
+    # t-hat 27-40); the weights are normalised per batch, so the noise/time balance is unchanged
+    low_t_weight: float = 1.0
+    low_t_max: int = 50
     val_every: int = 1000
     ckpt_every: int = 250
     val_molecules: int = 384
@@ -65,19 +69,22 @@ class TrainConfig:
 def check_config(cfg: TrainConfig) -> None:
     """Numbers a run cannot use, refused before anything is loaded (one line each)."""
     whole = {"steps": 1, "batch_size": 1, "val_every": 1, "ckpt_every": 1, "val_molecules": 1, "plateau_patience": 1,
-             "threads": 0, "max_train_molecules": 0, "lr_decay_start": 0, "lr_decay_end": 0}
+             "threads": 0, "max_train_molecules": 0, "lr_decay_start": 0, "lr_decay_end": 0, "low_t_max": 1}
     for name, low in whole.items():
         value = getattr(cfg, name)
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise ValueError(f"{name.replace('_', '-')} = {value!r}: must be a whole number >= {low}")
     for name, low, high in (("lr", 0.0, 1.0), ("min_lr", 0.0, 1.0), ("mmff_fraction", 0.0, 1.0),
                             ("teacher_forcing", 0.0, 1.0), ("ema_decay", 0.0, 1.0), ("grad_clip", 0.0, math.inf),
-                            ("weight_decay", 0.0, math.inf), ("time_weight", 0.0, math.inf)):
+                            ("weight_decay", 0.0, math.inf), ("time_weight", 0.0, math.inf),
+                            ("low_t_weight", 0.0, math.inf)):
         value = float(getattr(cfg, name))
         if not (math.isfinite(value) or value == high) or not low <= value <= high:
             raise ValueError(f"{name.replace('_', '-')} = {value!r}: must lie in [{low}, {high}]")
     if cfg.lr <= 0:
         raise ValueError(f"lr = {cfg.lr!r}: must be > 0")
+    if cfg.low_t_weight <= 0:
+        raise ValueError(f"low-t-weight = {cfg.low_t_weight!r}: must be > 0")
     a, b = cfg.lr_decay_start, cfg.lr_decay_end
     if (a, b) != (0, 0) and not a < b:
         raise ValueError(f"--lr-decay {a}:{b}: the cosine decay must end after it starts (START < END)")
@@ -223,7 +230,9 @@ class Trainer:
         n_mol = int(mol.max()) + 1
         x_t, t, eps, sigma = make_inputs(self.schedule, numbers, x0, disp, mol, n_mol, is_mmff_mol, gen)
         use_true_all = torch.rand(n_mol, generator=gen) < teacher_forcing
-        n_atoms_all, n_mol_all = len(numbers), n_mol
+        weight = torch.where(t <= self.cfg.low_t_max, self.cfg.low_t_weight, 1.0).float()
+        weight_all = weight[mol].sum()  # normaliser over the whole batch, the same on every rank
+        n_mol_all = n_mol
         if shard is not None:
             rank, world = shard
             keep_mol = torch.arange(n_mol) % world == rank
@@ -231,7 +240,7 @@ class Trainer:
             remap = torch.cumsum(keep_mol.long(), 0) - 1
             numbers, x_t, eps, x0 = numbers[keep], x_t[keep], eps[keep], x0[keep]
             mol = remap[mol[keep]]
-            t, sigma, use_true_all = t[keep_mol], sigma[keep_mol], use_true_all[keep_mol]
+            t, sigma, use_true_all, weight = t[keep_mol], sigma[keep_mol], use_true_all[keep_mol], weight[keep_mol]
             n_mol = int(keep_mol.sum())
         pairs = molecule_pairs(mol, n_mol)
         s, v = net.representation(numbers, x_t, mol, n_mol, pairs)
@@ -245,11 +254,12 @@ class Trainer:
         eps_hat = net.predict_noise(s, v, t_in[mol], mol, n_mol)
         noise_mse_atom = ((eps_hat - eps) ** 2).mean(-1)
         noise_mse_mol = torch.zeros(n_mol).index_add_(0, mol, noise_mse_atom) / torch.bincount(mol, minlength=n_mol)
+        noise_loss = (weight[mol] * noise_mse_atom).sum() / weight_all  # = the mean when all weights are 1
         if shard is None:
-            loss = noise_mse_atom.mean() + self.cfg.time_weight * time_se.mean()
+            loss = noise_loss + self.cfg.time_weight * time_se.mean()
         else:
             world = shard[1]
-            loss = world * (noise_mse_atom.sum() / n_atoms_all + self.cfg.time_weight * time_se.sum() / n_mol_all)
+            loss = world * (noise_loss + self.cfg.time_weight * time_se.sum() / n_mol_all)
         return loss, {"t": t, "t_hat": t_hat.detach(), "noise_mse": noise_mse_mol.detach(), "x_t": x_t,
                       "eps_hat": eps_hat.detach(), "mol": mol, "x0": x0}
 
@@ -504,7 +514,7 @@ def _run_training(cfg: TrainConfig, resume: bool, progress: bool, stop_after_s) 
                              "(--init can start it from this run's best checkpoint)")
         saved = {**asdict(TrainConfig()), **saved}  # options newer than the run count as their defaults
         changed = {k: [saved[k], v] for k, v in asdict(cfg).items() if saved[k] != v
-                   and k in ("mmff_fraction", "teacher_forcing", "time_weight", "steps", "lr",
+                   and k in ("mmff_fraction", "teacher_forcing", "time_weight", "low_t_weight", "low_t_max", "steps", "lr",
                              "lr_decay_start", "lr_decay_end")}
         if changed:  # a curriculum change: recorded in the history, and so in the model card
             trainer.history.append({"step": trainer.step, "config_change": changed})

@@ -89,14 +89,12 @@ def iter_entries(path: str, shard: tuple[int, int] = (0, 1), seen: dict | None =
                 yield Entry(k, row.toatoms(), name=str(row.get("name", "")))
         return
     if low.endswith(".sdf"):
-        from ..chem.rdkit_interop import atoms_from_mol
-        from ..chem.sdf import iter_sdf
+        from ..chem.sdf import iter_sdf_atoms
 
-        for k, mol, error in iter_sdf(p):
+        for k, atoms, name, error, mol in iter_sdf_atoms(p):
             seen["n_entries"] = k + 1
             if k % n == i:
-                name = mol.GetProp("_Name") if mol is not None and mol.HasProp("_Name") else ""
-                yield Entry(k, atoms_from_mol(mol) if mol is not None else None, name=name, error=error, mol=mol)
+                yield Entry(k, atoms, name=name, error=error, mol=mol)
         return
     if low.endswith((".xyz", ".extxyz")):
         for k, atoms, error in iter_xyz_frames(p):
