@@ -81,9 +81,11 @@ def run(args) -> dict:
     models = {name: load_model(name, device="cpu") for name in args.models.split(",") if name}
     calc = PySCFCalculator(xc=args.xc, basis=args.basis, density_fit=True, threads=args.threads)
     rows: dict[str, dict[str, dict]] = {}
+    wanted = set(args.molecules.split(",")) if args.molecules else None
     for mol in sorted(mols):
-        if mol not in starts:
+        if mol not in starts or (wanted is not None and mol not in wanted):
             continue
+        cache.reload()  # another process may have scored this molecule meanwhile
         mmff = starts[mol]
         todo = [(f"diffusion:{n}", m) for n, m in models.items()] + ([("mmff", None)] if args.mmff else [])
         for start, model in todo:
@@ -128,6 +130,8 @@ def main(argv=None) -> None:
     p.add_argument("--basis", default="6-31g*")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--mmff", action="store_true", help="also score the MMFF94 start (one more single point each)")
+    p.add_argument("--molecules", default=None, help="comma list of molecule ids (e.g. test_3923): only these "
+                   "(several processes can share the cache, each on its own molecules)")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
     report = run(args)

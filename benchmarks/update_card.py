@@ -3,6 +3,7 @@ report (QM9) or a drugs.py report (one entry per MOSES part, the per-molecule ta
 
     python benchmarks/update_card.py checkpoints/qm9-painn128-jt.json docs/results/relax_quality.json
     python benchmarks/update_card.py checkpoints/moses-painn128-jt.json docs/results/drugs_test.json
+    python -m benchmarks.update_card checkpoints/moses-painn128-jt3.json docs/results/start_quality_moses_test.json
 """
 import json
 import sys
@@ -24,6 +25,16 @@ def main(card_path, result_path):
 def _update(card_path, result_path):
     card = json.load(open(card_path))
     res = json.load(open(result_path))
+    if "methods" in res and "part" in res:  # benchmarks/start_quality.py: this checkpoint's row and MMFF94's
+        own = res["methods"].get(f"diffusion:{card['name']}")
+        if own is None:
+            raise SystemExit(f"{result_path} has no row diffusion:{card['name']}")
+        card.setdefault("benchmarks", {})[f"start_quality_moses_{res['part']}"] = {
+            "source": result_path, "n": res["n"], "level": res["level"], "reference": res["reference"],
+            "rmsd": res["rmsd"], "dE_kcal": own["dE_kcal"], "rmsd_heavy": own["rmsd_heavy"], "rmsd_all": own["rmsd_all"],
+            "dE_below_mmff_pct": own["dE_below_mmff_pct"], "mmff_dE_kcal": res["methods"]["mmff"]["dE_kcal"]}
+        write_card(Path(card_path), card)
+        return
     if "parts" in res:  # benchmarks/drugs.py
         for part, e in res["parts"].items():
             card.setdefault("benchmarks", {})[f"moses_{part}"] = {

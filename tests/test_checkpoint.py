@@ -1,6 +1,7 @@
 """The checkpoint registry, package data and the shared model cache."""
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -74,6 +75,13 @@ def test_automatic_choice_by_elements_and_size_and_the_error_that_lists_checkpoi
     assert checkpoint.choose_model([Atoms("C10H8", positions=[[1.4 * k, 0, 0] for k in range(18)])]) == "drug"
     fake["size_tolerance"] = 1.2  # 10 heavy atoms <= 1.2 x 9
     assert checkpoint.choose_model([Atoms("C10H8", positions=[[1.4 * k, 0, 0] for k in range(18)])]) == "small"
+    # a rule measured at the level the start is handed to replaces the general order and tolerance
+    fake["choice_by_level"] = {"dft": {"choice_order": ["small", "drug"], "size_tolerance": 3.0}}
+    twenty = Atoms("C20H42", positions=[[1.4 * k, 0, 0] for k in range(62)])
+    assert checkpoint.choose_model([twenty]) == "drug"
+    assert checkpoint.choose_model([twenty], level="xtb") == "drug"  # no rule for xtb: the general one
+    assert checkpoint.choose_model([twenty], level="dft") == "small"  # 20 heavy atoms <= 3 x 9
+    assert checkpoint.choose_model([molecule("CH3Cl")], level="dft") == "drug"  # elements still decide first
     monkeypatch.setenv("ASE_DIFFRELAX_MODEL", "small")
     assert checkpoint.choose_model([molecule("CH3Cl")]) == "small"  # the user's choice wins
 
@@ -96,3 +104,41 @@ def test_shipped_registry_relaxes_a_chlorine_and_sulfur_drug_with_no_arguments()
     assert atoms.info["diffusion_level_of_theory"] == reg["models"][atoms.info["diffusion_model"]]["level_of_theory"]
     assert np.isfinite(atoms.positions).all() and np.abs(atoms.positions - start).max() > 1e-3
     assert choose_model([molecule("CH3CH2OH")]) == reg["default"]  # QM9-sized H C N O stays with QM9's
+
+
+GFN2_XTB_MODELS = [n for n, e in registry()["models"].items() if e.get("level_of_theory") == "GFN2-xTB"]
+
+
+@pytest.mark.parametrize("name", GFN2_XTB_MODELS)
+def test_each_drug_like_checkpoint_starts_closer_to_the_xtb_minimum_than_mmff94(name):
+    """Eight MOSES test molecules (never trained on): from their MMFF94 minima, the checkpoint's start
+    must lie lower on the GFN2-xTB surface than MMFF94's on most of them and by half in the median."""
+    pytest.importorskip("tblite")
+    import numpy as np
+
+    from ase_diffrelax import load_model, relax_many
+    from ase_diffrelax.training.xtb_dataset import read_dataset
+    from ase_diffrelax.workflows.physics import xtb_calculator
+
+    def single_point(numbers, positions):
+        from ase import Atoms
+
+        atoms = Atoms(numbers=numbers, positions=positions)
+        atoms.calc = xtb_calculator()
+        return atoms.get_potential_energy()
+
+    data = Path(__file__).resolve().parents[1] / "data" / "moses_xtb" / "dataset.npz"
+    model = load_model(name)
+    assert model.level_of_theory == "GFN2-xTB" and model.verified.startswith("registry")
+    mols = read_dataset(data, "test")[:8]
+    starts = []
+    for a in mols:
+        s = a.copy()
+        s.positions = a.arrays["positions_mmff"]
+        starts.append(s)
+    results = relax_many(starts, model=model, progress=False, batch_size=8)
+    assert all(r.status == "converged" for r in results)
+    gap_mmff = np.array([a.info["energy_xtb_at_mmff"] - a.info["energy_xtb"] for a in mols])
+    gap_diff = np.array([single_point(a.numbers, r.atoms.positions) - a.info["energy_xtb"] for a, r in zip(mols, results)])
+    assert (gap_diff < gap_mmff).sum() >= 7, (gap_diff, gap_mmff)
+    assert np.median(gap_diff) < 0.5 * np.median(gap_mmff), (gap_diff, gap_mmff)

@@ -50,13 +50,15 @@ def available_models() -> dict[str, dict]:
             for name, entry in registry()["models"].items()}
 
 
-def choose_model(atoms_list, label: str = "input") -> str:
+def choose_model(atoms_list, label: str = "input", level: str | None = None) -> str:
     """The shipped checkpoint for these molecules: the first in the registry's ``choice_order`` that
     knows every element and whose ``atoms`` (and, where given, ``heavy_atoms``) range, widened by
     the registry's ``size_tolerance`` (default 1.5), holds the largest molecule; else, of those
     that know every element, the one trained on the largest molecules. The order and tolerance
-    are set by measurement (docs/benchmarks.md, choice study). ``ASE_DIFFRELAX_MODEL`` overrides.
-    No checkpoint knows an element: InputError listing what is shipped."""
+    are set by measurement (docs/benchmarks.md, choice study). ``level``: the level the start is
+    handed to next ("xtb", "dft"); where the registry's ``choice_by_level`` has a rule measured
+    at that level, its order and tolerance replace the general ones. ``ASE_DIFFRELAX_MODEL``
+    overrides. No checkpoint knows an element: InputError listing what is shipped."""
     from ase.data import atomic_numbers, chemical_symbols
 
     from .validate import InputError
@@ -64,7 +66,8 @@ def choose_model(atoms_list, label: str = "input") -> str:
     if os.environ.get("ASE_DIFFRELAX_MODEL"):
         return os.environ["ASE_DIFFRELAX_MODEL"]
     reg = registry()
-    order = reg.get("choice_order", list(reg["models"]))
+    rule = {**reg, **reg.get("choice_by_level", {}).get(level, {})} if level else reg
+    order = rule.get("choice_order", list(reg["models"]))
     elements = set()
     largest = largest_heavy = 0
     for atoms in atoms_list:
@@ -79,7 +82,7 @@ def choose_model(atoms_list, label: str = "input") -> str:
                                                   for e in reg["models"].values())))
         names = ", ".join(chemical_symbols[z] if 0 <= z < len(chemical_symbols) else str(z) for z in missing)
         raise InputError(f"{label}: element(s) {names} unknown to every shipped checkpoint: {shipped}")
-    tol = float(reg.get("size_tolerance", 1.5))
+    tol = float(rule.get("size_tolerance", 1.5))
     for name in knows:
         entry = reg["models"][name]
         if (largest <= tol * entry.get("atoms", [0, 10**9])[1]

@@ -149,10 +149,11 @@ def _moved_by(atoms, stage: str, **info) -> None:
 
 
 def diffusion_stage(atoms, *, model=None, policy: Policy | str = "jt", seed: int | None = 0, trajectory=None,
-                    strict: bool = True):
+                    strict: bool = True, level: str | None = None):
     """DiffusionRelax on a copy of ``atoms``; with ``strict=False`` a molecule the checkpoint
     cannot take, or one with a bond type its training data never held (a thiol's S-H for the
-    drug-like checkpoint), passes through unchanged and the report says why."""
+    drug-like checkpoint), passes through unchanged and the report says why. ``level``: the
+    physics level the start goes to next, for the automatic checkpoint choice (``choose_model``)."""
     from ..adapters.optimizer import DiffusionRelax
     from ..core.checkpoint import choose_model, load_model
     from ..core.validate import InputError, unseen_bonds
@@ -161,7 +162,7 @@ def diffusion_stage(atoms, *, model=None, policy: Policy | str = "jt", seed: int
     atoms = atoms.copy()
     before = atoms.positions.copy()
     try:
-        chosen = load_model(model if model is not None else choose_model([atoms]))
+        chosen = load_model(model if model is not None else choose_model([atoms], level=level))
         unseen = unseen_bonds(atoms, chosen.card)
         if unseen and not strict:  # measured: such starts are worse than MMFF94's (thiols: +8-17 kcal/mol)
             return atoms, StageReport("diffusion", time.perf_counter() - t0, skipped=(
@@ -403,8 +404,9 @@ def run_pipeline(start, *, stages=("mmff", "diffusion", "xtb"), fmax: float = 0.
                 atoms.info["charge"] = int(charge)
             if uhf is not None:
                 atoms.info["uhf"] = int(uhf)
+            after = stages[stages.index("diffusion") + 1] if stages.index("diffusion") + 1 < len(stages) else None
             atoms, rep = diffusion_stage(atoms, model=model, policy=policy, seed=seed, trajectory=traj,
-                                         strict=strict)
+                                         strict=strict, level=after if after in ("xtb", "dft") else None)
         else:
             calc, extra, params = None, {}, dict(physics_params or {})
             if stage in USER_STAGES or (gradient_cache and stage == "dft"):
