@@ -325,6 +325,9 @@ def _models(args) -> int:
               f"{lo}-{hi} atoms{heavy}; charges {entry.get('charges', [0])}")
     print("without --model, relax and pipeline choose per molecule: the first of "
           f"{', '.join(registry().get('choice_order', []))} that knows its elements and size")
+    for level, rule in registry().get("choice_by_level", {}).items():
+        print(f"a start the pipeline hands straight to {level}: the first of {', '.join(rule['choice_order'])} "
+              f"(measured at that level)")
     return 0
 
 

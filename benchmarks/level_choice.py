@@ -111,7 +111,10 @@ def run(args) -> dict:
 
 
 def summarize(rows, mols, args) -> dict:
-    out = {"level": f"{args.xc}/{args.basis} (PySCF, density fitting), single points",
+    import sys
+
+    out = {"command": "python -m benchmarks.level_choice " + " ".join(sys.argv[1:]),
+           "level": f"{args.xc}/{args.basis} (PySCF, density fitting), single points",
            "reference": "lowest final energy any route of the drug-like DFT hand-off matrix reached per molecule",
            "molecules": sorted(m for m in mols if any(m in r for r in rows.values())), "starts": {}, "per_molecule": {}}
     for start, per in rows.items():

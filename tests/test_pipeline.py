@@ -210,3 +210,31 @@ def test_the_dft_example_runs_the_default_route(tmp_path):
     assert final.info["relaxed_by"] == "dft" and abs(final.get_forces()).max() < 0.03
     for k, stage in enumerate(default_stages("dft")):
         assert (tmp_path / "out" / f"handoff_dft_{k}_{stage}.traj").exists(), stage
+
+
+def test_a_start_handed_straight_to_dft_takes_the_checkpoint_measured_at_dft(monkeypatch):
+    """The registry's ``choice_by_level['dft']`` (QM9's B3LYP checkpoint for H C N O F molecules up to
+    drug size, docs/benchmarks.md) applies when diffusion hands to a DFT stage directly; with an xTB
+    stage in between, or none, the general choice (the drug-like checkpoint) stands."""
+    from ase_diffrelax.core.checkpoint import choose_model, registry
+    from ase_diffrelax.workflows import pipeline
+    from ase_diffrelax.workflows.pipeline import StageReport, run_pipeline
+
+    rule = registry().get("choice_by_level", {}).get("dft")
+    assert rule, "the registry has no measured choice for DFT"
+    smiles = "CCN(CC)C(=O)Cc1ccc(OC)cc1"  # 16 heavy atoms, H C N O
+    chosen = {}
+
+    def no_physics(atoms, kind, **kw):  # the DFT stage itself is not what is tested here
+        return atoms, StageReport(kind, 0.0)
+
+    monkeypatch.setattr(pipeline, "physics_stage", no_physics)
+    for stages in (["mmff", "diffusion", "dft"], ["mmff", "diffusion", "xtb", "dft"], ["mmff", "diffusion"]):
+        res = run_pipeline(smiles, stages=stages)
+        chosen[stages[2] if len(stages) > 2 else None] = res.stages[1].extra["model"]
+    general = registry()["choice_order"]
+    assert chosen["dft"] == rule["choice_order"][0] == "qm9-painn128-jt"
+    assert chosen["xtb"] == chosen[None] != chosen["dft"] and chosen[None] in general
+    from ase_diffrelax import atoms_from_smiles
+
+    assert choose_model([atoms_from_smiles(smiles)], level="dft") == chosen["dft"]
