@@ -222,16 +222,23 @@ def test_a_start_handed_straight_to_dft_takes_the_checkpoint_measured_at_dft(mon
 
     rule = registry().get("choice_by_level", {}).get("dft")
     assert rule, "the registry has no measured choice for DFT"
-    smiles = "CCN(CC)C(=O)Cc1ccc(OC)cc1"  # 16 heavy atoms, H C N O
+    smiles = "CC1CCC(C)N(C(=O)Nc2ccc(-c3nnnn3C3CC3)cc2)C1"  # MOSES test_157455: 25 heavy, 49 atoms, measured
     chosen = {}
 
     def no_physics(atoms, kind, **kw):  # the DFT stage itself is not what is tested here
         return atoms, StageReport(kind, 0.0)
 
     monkeypatch.setattr(pipeline, "physics_stage", no_physics)
+    import warnings
+
     for stages in (["mmff", "diffusion", "dft"], ["mmff", "diffusion", "xtb", "dft"], ["mmff", "diffusion"]):
-        res = run_pipeline(smiles, stages=stages)
-        chosen[stages[2] if len(stages) > 2 else None] = res.stages[1].extra["model"]
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", UserWarning)  # a measured choice is not warned about as too large
+            res = run_pipeline(smiles, stages=stages)
+        diffusion = res.stages[1]
+        assert not diffusion.skipped and diffusion.steps > 0, diffusion.skipped
+        chosen[stages[2] if len(stages) > 2 else None] = diffusion.extra["model"]
+        assert diffusion.extra["chosen_for_level"] == ("dft" if stages[2:3] == ["dft"] else None)
     general = registry()["choice_order"]
     assert chosen["dft"] == rule["choice_order"][0] == "qm9-painn128-jt"
     assert chosen["xtb"] == chosen[None] != chosen["dft"] and chosen[None] in general
