@@ -416,7 +416,7 @@ def run_pipeline(start, *, stages=("mmff", "diffusion", "xtb"), fmax: float = 0.
                 atoms.info["charge"] = int(charge)
             if uhf is not None:
                 atoms.info["uhf"] = int(uhf)
-            after = stages[stages.index("diffusion") + 1] if stages.index("diffusion") + 1 < len(stages) else None
+            after = (stages[stages.index("diffusion") + 1:] or [None])[0]  # the level the start goes to next
             atoms, rep = diffusion_stage(atoms, model=model, policy=policy, seed=seed, trajectory=traj,
                                          strict=strict, level=after if after in ("xtb", "dft") else None)
         else:
