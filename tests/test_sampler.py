@@ -110,6 +110,30 @@ def test_policy_spec_round_trip_and_errors():
         pol.eta = 0.5  # frozen: passed down unchanged
 
 
+@pytest.mark.parametrize("vp_start", [False, True])
+def test_vp_start_shows_the_network_the_start_shrunk_as_a_training_input_at_t0(tiny_model, vp_start):
+    sampler = Sampler(tiny_model, make_policy(f"fixed:t0=150+vp_start={int(vp_start)}"))
+    seen = []
+    net = sampler.model.net
+    original = net.representation
+
+    def spy(numbers, positions, *args, **kwargs):
+        seen.append(positions.detach().clone())
+        return original(numbers, positions, *args, **kwargs)
+
+    net.representation = spy
+    try:
+        mol = small_molecules()[0]
+        b = sampler.batch([Molecule(mol.numbers, mol.positions + 3.0, seed=0)])
+        sampler.step(b)
+    finally:
+        del net.representation
+    centred = mol.positions - mol.positions.mean(0)
+    scale = float(np.sqrt(NoiseSchedule().alpha_bar[150])) if vp_start else 1.0
+    assert np.allclose(seen[0].numpy(), scale * centred, atol=1e-5)
+    assert int(b.t_used[0]) == 150
+
+
 def test_batch_results_do_not_depend_on_batch_size_or_swap_interval(tiny_model):
     """The tensor batch, swapping molecules in and out, gives every molecule the path it has alone."""
     mols = diffused_states(80, seed=3, n=8)

@@ -75,6 +75,10 @@ class Policy:
         scaled = torch.minimum(torch.round(t_hat * self.t_scale).long(), torch.clamp(t_hat, min=cap))
         return torch.where(t_hat > self.threshold, scaled, t_hat)
 
+    def start(self, x: torch.Tensor, first_atom: torch.Tensor, schedule) -> torch.Tensor:
+        """Positions of the first evaluation (centred; ``first_atom`` marks molecules not yet stepped)."""
+        return x
+
     def next_t(self, t: torch.Tensor) -> torch.Tensor:
         jump = torch.round(t.double() * (1.0 - self.stride)).long()
         return torch.minimum(t - 1, jump).clamp(min=0)
@@ -146,6 +150,11 @@ class FixedPolicy(Policy):
 
     name = "fixed"
     t0: int = 30
+    # Read the start as a clean structure noised to t0 the variance-preserving way: scale it by
+    # sqrt(alpha_bar_t0) about its centre before the first step. Training inputs at step t are
+    # shrunk by that factor (3.6 % at t = 190), real starts are not; without it the network
+    # reads the missing shrink as "low t" and a large t0 denoises an input it never saw.
+    vp_start: bool = False
 
     def __post_init__(self):
         super().__post_init__()
@@ -153,6 +162,12 @@ class FixedPolicy(Policy):
 
     def current_t(self, t_hat, t_sched, first, t_prev):
         return torch.where(first, torch.full_like(t_hat, self.t0), t_sched)
+
+    def start(self, x, first_atom, schedule):
+        if not self.vp_start:
+            return x
+        scale = float(schedule.alpha_bar[self.t0]) ** 0.5
+        return torch.where(first_atom.unsqueeze(-1), x * scale, x)
 
     @property
     def scheduled(self):
