@@ -211,9 +211,8 @@ def test_lindh_model_hessian_is_a_curvature_in_ev_per_a2():
 def test_vp_start_benchmark_shows_the_time_head_reads_the_shrink_of_the_shipped_drug_like_checkpoint():
     """The session 16 finding, on three MOSES val molecules: scaled by sqrt(alpha_bar_t), an MMFF94 start
     is called ~t; unscaled, the same start gets one low t_hat whatever t is asked."""
-    from benchmarks import vp_start
-
     from ase_diffrelax.core.checkpoint import registry
+    from benchmarks import vp_start
 
     drug = [n for n in registry()["choice_order"] if "S" in registry()["models"][n]["elements"]][0]
     report = vp_start.oneshot(drug, "val", 3, [100, 300])
