@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -145,7 +146,7 @@ def main(argv=None) -> None:
     else:
         report = policies(args.model, args.part, args.n, [s.strip() for s in args.policies.split(",") if s.strip()],
                           [o for o in args.handoff.split(",") if o], Path(args.data))
-    report["command"] = "python -m benchmarks.vp_start " + " ".join(argv if argv is not None else __import__("sys").argv[1:])
+    report["command"] = "python -m benchmarks.vp_start " + " ".join(argv if argv is not None else sys.argv[1:])
     atomic_write_json(args.out, report, indent=1)
 
 

@@ -118,14 +118,7 @@ def test_each_drug_like_checkpoint_starts_closer_to_the_xtb_minimum_than_mmff94(
 
     from ase_diffrelax import load_model, relax_many
     from ase_diffrelax.training.xtb_dataset import read_dataset
-    from ase_diffrelax.workflows.physics import xtb_calculator
-
-    def single_point(numbers, positions):
-        from ase import Atoms
-
-        atoms = Atoms(numbers=numbers, positions=positions)
-        atoms.calc = xtb_calculator()
-        return atoms.get_potential_energy()
+    from benchmarks.start_quality import single_point
 
     data = Path(__file__).resolve().parents[1] / "data" / "moses_xtb" / "dataset.npz"
     model = load_model(name)

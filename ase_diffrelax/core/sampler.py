@@ -198,8 +198,8 @@ class Sampler:
         running = b.status == RUNNING
         first = b.steps == 0
         t_prev = b.t_used.clamp(min=0)
-        if bool(first.any()):  # a policy may place the start on its noise scale (FixedPolicy.vp_start)
-            b.x = pol.start(b.x, (first & running)[mol], sched)
+        # a policy may place the start on its noise scale (FixedPolicy.vp_start); no host sync per step
+        b.x = pol.start(b.x, (first & running)[mol], sched)
         out = denoise(net, sched, b.numbers, b.x, mol, n_mol,
                       lambda th: pol.current_t(pol.calibrate(th), b.t_sched, first, t_prev), pairs=b.pairs)
         t_cur = out.t
