@@ -46,14 +46,12 @@ def main(argv=None):
         ms, order = pick_molecules(args.seed, args.split)
         starts, refs, skipped, ids = build_starts("mmff-ref", ms, order, args.n, args.seed)
     else:
-        from ase import Atoms
-
-        from ase_diffrelax.training.xtb_dataset import read_dataset
+        from ase_diffrelax.training.xtb_dataset import mmff_start, read_dataset
 
         model = load_model(args.model or "moses-painn128-jt")
         recs = [a for a in read_dataset(args.data, split="test" if args.split == "test" else "val")
                 if set(a.numbers.tolist()) <= set(model.elements)][: args.n]
-        starts = [Atoms(numbers=a.numbers, positions=a.arrays["positions_mmff"]) for a in recs]
+        starts = [mmff_start(a) for a in recs]
         refs = [(a.numbers, a.positions) for a in recs]
     relaxed, rmsds = [], []
     for a0, (z, x) in zip(starts, refs):

@@ -155,7 +155,7 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     from ase_diffrelax import load_model, relax_many
     from ase_diffrelax.evaluation import model_hash
-    from ase_diffrelax.training.xtb_dataset import read_dataset
+    from ase_diffrelax.training.xtb_dataset import mmff_start, read_dataset
 
     from .start_quality import lowest_route_energies
 
@@ -164,11 +164,7 @@ def main(argv=None) -> None:
     cache = JsonlStore(HERE / "cache" / "error_anatomy.jsonl")
     model = load_model(args.model, device="cpu")
     mkey = f"diffusion_{model_hash(model)}"
-    starts = []
-    for a in mols:
-        s = a.copy()
-        s.positions = a.arrays["positions_mmff"]
-        starts.append(s)
+    starts = [mmff_start(a) for a in mols]
     diffused = relax_many(starts, model=model, progress=False, unseen_bonds="relax")
     report = {"part": args.part, "n": len(mols), "model": model.name, "starts": {}}
     for name, positions in (("mmff", [a.arrays["positions_mmff"] for a in mols]),

@@ -60,8 +60,6 @@ def physics_params(args) -> dict:
 
 def molecules(args):
     """[(id, smiles, mmff Atoms, mmff wall s, charge)] in a fixed order."""
-    from ase import Atoms
-
     if args.set == "qm9":
         from ase_diffrelax.evaluation import qm9_mmff_start, select_qm9_molecules
 
@@ -74,13 +72,12 @@ def molecules(args):
             if start is not None:
                 out.append((int(ms.ids[i]), str(ms.smiles[i]), start, wall, 0))
         return out
-    from ase_diffrelax.training.xtb_dataset import read_dataset
+    from ase_diffrelax.training.xtb_dataset import mmff_start, read_dataset
 
     out = []
     for part in args.parts.split(","):
         for a in read_dataset(args.data, split=part)[: args.n]:
-            start = Atoms(numbers=a.numbers, positions=a.arrays["positions_mmff"])
-            start.info["charge"] = a.info["charge"]
+            start = mmff_start(a)
             out.append((f"{part}_{a.info['id']}", a.info["smiles"], start, float("nan"), a.info["charge"]))
     return out
 

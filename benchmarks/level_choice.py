@@ -54,17 +54,14 @@ def matrix_molecules(matrix: Path, elements: set[int]) -> dict[str, dict]:
 
 
 def mmff_starts(mols: list[str], data: Path = DATA) -> dict:
-    from ase import Atoms
-
-    from ase_diffrelax.training.xtb_dataset import read_dataset
+    from ase_diffrelax.training.xtb_dataset import mmff_start, read_dataset
 
     out = {}
     for part in sorted({m.rsplit("_", 1)[0] for m in mols}):
         for a in read_dataset(data, split=part):
             key = f"{part}_{a.info['id']}"
             if key in mols:
-                out[key] = Atoms(numbers=a.numbers, positions=a.arrays["positions_mmff"])
-                out[key].info["charge"] = a.info["charge"]
+                out[key] = mmff_start(a)
     return out
 
 

@@ -71,10 +71,8 @@ def lindh_hessian(atoms, threshold: float = 1e-4) -> np.ndarray:
 
 
 def main(argv=None):
-    from ase import Atoms
-
     from ase_diffrelax.files import atomic_write_json
-    from ase_diffrelax.training.xtb_dataset import read_dataset
+    from ase_diffrelax.training.xtb_dataset import mmff_start, read_dataset
     from ase_diffrelax.workflows.pipeline import diffusion_stage, physics_stage
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -89,8 +87,7 @@ def main(argv=None):
     routes = [tuple(r.split("/")) for r in args.routes.split(",")]
     rows = []
     for a in read_dataset(args.data, split=args.split)[: args.n]:
-        start = Atoms(numbers=a.numbers, positions=a.arrays["positions_mmff"])
-        start.info["charge"] = a.info["charge"]
+        start = mmff_start(a)
         diffused, _ = diffusion_stage(start, seed=0, policy="jt", strict=True)
         row = {"id": a.info["id"], "atoms": len(a), "smiles": a.info["smiles"]}
         for opt, hess in routes:

@@ -112,16 +112,13 @@ def diffusion_rows(model_name: str, mols, batch: int = 16, at_minimum: bool = Fa
     """Diffusion starts of ``mols`` in batches; positions, steps and wall per molecule (batch wall / n).
     ``at_minimum``: start at the GFN2-xTB minimum itself instead of MMFF94's (the model's own floor)."""
     from ase_diffrelax import load_model, relax_many
+    from ase_diffrelax.training.xtb_dataset import mmff_start
 
     model = load_model(model_name, device="cpu")
     out = {}
     for k in range(0, len(mols), batch):
         chunk = mols[k:k + batch]
-        starts = []
-        for a in chunk:
-            s = a.copy()
-            s.positions = a.positions if at_minimum else a.arrays["positions_mmff"]
-            starts.append(s)
+        starts = [a.copy() if at_minimum else mmff_start(a) for a in chunk]
         t0 = time.perf_counter()
         res = relax_many(starts, model=model, progress=False, batch_size=batch, unseen_bonds="relax", on_error="skip")
         wall = (time.perf_counter() - t0) / len(chunk)

@@ -48,16 +48,12 @@ def predicted_t(model, atoms) -> float:
 
 def run(model_name: str, part: str, n: int, data: Path = DATA) -> dict:
     from ase_diffrelax import load_model, relax_many
-    from ase_diffrelax.training.xtb_dataset import read_dataset
+    from ase_diffrelax.training.xtb_dataset import mmff_start, read_dataset
 
     model = load_model(model_name, device="cpu")
     sched = model.net.schedule
     mols = read_dataset(data, part)[:n]
-    starts = []
-    for a in mols:
-        s = a.copy()
-        s.positions = a.arrays["positions_mmff"]
-        starts.append(s)
+    starts = [mmff_start(a) for a in mols]
     ends = relax_many(starts, model=model, progress=False, batch_size=16, unseen_bonds="relax", on_error="skip")
 
     def t_of(dev: float) -> int:

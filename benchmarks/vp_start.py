@@ -73,7 +73,7 @@ def oneshot(model_name: str, part: str, n: int, steps: list, data: Path = DATA) 
 
 def policies(model_name: str, part: str, n: int, specs: list, handoff: list, data: Path = DATA, log=print) -> dict:
     from ase_diffrelax import load_model, relax_many
-    from ase_diffrelax.training.xtb_dataset import read_dataset
+    from ase_diffrelax.training.xtb_dataset import mmff_start, read_dataset
     from ase_diffrelax.workflows.pipeline import physics_stage
 
     from .start_quality import Scorer, lowest_route_energies
@@ -82,12 +82,7 @@ def policies(model_name: str, part: str, n: int, specs: list, handoff: list, dat
     mols = read_dataset(data, part)[:n]
     routes = lowest_route_energies()
     scorers = [Scorer(a, min(a.info["energy_xtb"], routes.get(f"{part}_{a.info['id']}", np.inf))) for a in mols]
-    starts = []
-    for a in mols:
-        s = a.copy()
-        s.positions = a.arrays["positions_mmff"]
-        s.calc = None
-        starts.append(s)
+    starts = [mmff_start(a) for a in mols]
     out = {}
     for spec in specs:
         t0 = time.perf_counter()

@@ -117,18 +117,14 @@ def test_each_drug_like_checkpoint_starts_closer_to_the_xtb_minimum_than_mmff94(
     import numpy as np
 
     from ase_diffrelax import load_model, relax_many
-    from ase_diffrelax.training.xtb_dataset import read_dataset
+    from ase_diffrelax.training.xtb_dataset import mmff_start, read_dataset
     from benchmarks.start_quality import single_point
 
     data = Path(__file__).resolve().parents[1] / "data" / "moses_xtb" / "dataset.npz"
     model = load_model(name)
     assert model.level_of_theory == "GFN2-xTB" and model.verified.startswith("registry")
     mols = read_dataset(data, "test")[:8]
-    starts = []
-    for a in mols:
-        s = a.copy()
-        s.positions = a.arrays["positions_mmff"]
-        starts.append(s)
+    starts = [mmff_start(a) for a in mols]
     results = relax_many(starts, model=model, progress=False, batch_size=8)
     assert all(r.status == "converged" for r in results)
     gap_mmff = np.array([a.info["energy_xtb_at_mmff"] - a.info["energy_xtb"] for a in mols])

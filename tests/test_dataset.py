@@ -9,6 +9,7 @@ from ase_diffrelax.training.xtb_dataset import (
     assemble,
     build_dataset,
     load_xtb_dataset,
+    mmff_start,
     read_dataset,
     read_smiles_file,
     relax_smiles,
@@ -61,6 +62,9 @@ def test_build_resume_and_assemble(tmp_path):
     assert chlorobenzene.get_chemical_symbols().count("Cl") == 1
     assert np.allclose(chlorobenzene.arrays["positions_mmff"], mmff.positions[len(records[0]):], atol=1e-5)
     assert chlorobenzene.info["energy_xtb"] < chlorobenzene.info["energy_xtb_at_mmff"]
+    start = mmff_start(chlorobenzene)
+    assert np.array_equal(start.positions, chlorobenzene.arrays["positions_mmff"]) and "positions_mmff" not in start.arrays
+    assert start.info == chlorobenzene.info and start.info is not chlorobenzene.info
 
 
 def test_a_build_refuses_to_switch_optimizer_midway(tmp_path):

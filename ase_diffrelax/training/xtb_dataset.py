@@ -419,6 +419,16 @@ def read_dataset(path: str | os.PathLike, split: str | None = None, rows=None) -
     return out
 
 
+def mmff_start(record):
+    """A record of ``read_dataset`` at its MMFF94 minimum: the start every benchmark shares, with the
+    record's ``info`` (charge, id, ...) and without its extra arrays."""
+    from ase import Atoms
+
+    start = Atoms(numbers=record.numbers, positions=record.arrays["positions_mmff"])
+    start.info.update(record.info)
+    return start
+
+
 def read_smiles_file(path: str | os.PathLike) -> list[tuple[int, str, str]]:
     """A user's ``.smi``/``.csv``/``.txt``: first column SMILES (a header line 'smiles' is skipped);
     optional second column 'train'/'val' puts the molecule in that split (default train)."""
