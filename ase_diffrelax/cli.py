@@ -96,7 +96,7 @@ def _train(args) -> int:
         seed=args.seed, max_train_molecules=args.max_train_molecules, data=args.data or "",
         lr_decay_start=args.lr_decay[0], lr_decay_end=args.lr_decay[1],
         model=model_cfg.todict(), init=args.init or "", compile=args.compile,
-        low_t_weight=args.low_t_weight, low_t_max=args.low_t_max,
+        low_t_weight=args.low_t_weight, low_t_max=args.low_t_max, local_minima=args.local_minima or "",
     )
     trainer = run_training(cfg, resume=args.resume, progress=not args.no_progress, stop_after_s=args.stop_after)
     print(json.dumps(trainer.history[-1] if trainer.history else {"step": trainer.step}))
@@ -467,6 +467,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--low-t-weight", type=float, default=1.0, help="noise-loss weight of molecules at step "
                    "t <= --low-t-max, where relaxation ends (weights normalised per batch; 1 = plain mean)")
     t.add_argument("--low-t-max", type=int, default=50, help="the largest step --low-t-weight applies to")
+    t.add_argument("--local-minima", default=None, help="local_minima.npz (python -m ase_diffrelax.training."
+                   "local_minima): MMFF94 inputs of a dataset.npz are built on each molecule's local minimum at "
+                   "MMFF94's torsions; only molecules that have one get MMFF94 inputs")
     t.add_argument("--val-every", type=int, default=1000, help="steps between validations")
     t.add_argument("--ckpt-every", type=int, default=250, help="steps between saved training states")
     t.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")

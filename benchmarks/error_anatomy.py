@@ -22,58 +22,12 @@ from pathlib import Path
 
 import numpy as np
 
+from ase_diffrelax.chem.internals import internal_coordinates, relax_torsions_held
 from ase_diffrelax.evaluation import KCAL_MOL_PER_EV
 from ase_diffrelax.files import JsonlStore, atomic_write_json
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE.parent / "data" / "moses_xtb" / "dataset.npz"
-
-
-def internal_coordinates(numbers, positions):
-    """Bonds (i, j), angles (i, j, k) and heavy-atom torsions (i, j, k, l) of a geometry's bond graph."""
-    from ase_diffrelax.chem.topology import bond_graph
-
-    bonds = sorted(tuple(sorted(b)) for b in bond_graph(numbers, positions))
-    nbr: dict[int, set] = {}
-    for i, j in bonds:
-        nbr.setdefault(i, set()).add(j)
-        nbr.setdefault(j, set()).add(i)
-    angles = [(i, j, k) for j in nbr for i in nbr[j] for k in nbr[j] if i < k]
-    heavy = numbers > 1
-    torsions, rotatable = [], []
-    ring = _ring_bonds(len(numbers), bonds)
-    for j, k in bonds:
-        if not (heavy[j] and heavy[k]):
-            continue
-        first = True
-        for i in nbr[j] - {k}:
-            for l in nbr[k] - {j}:  # noqa: E741
-                if heavy[i] and heavy[l] and i != l:
-                    torsions.append((i, j, k, l))
-                    if first and (j, k) not in ring:  # one held dihedral per rotatable bond
-                        rotatable.append((i, j, k, l))
-                        first = False
-    return bonds, angles, torsions, rotatable
-
-
-def _ring_bonds(n: int, bonds) -> set:
-    """Bonds on a cycle: removing one leaves its atoms connected."""
-    nbr: dict[int, set] = {}
-    for i, j in bonds:
-        nbr.setdefault(i, set()).add(j)
-        nbr.setdefault(j, set()).add(i)
-    out = set()
-    for i, j in bonds:
-        seen, todo = {i}, [i]
-        while todo:
-            a = todo.pop()
-            for b in nbr[a]:
-                if (min(a, b), max(a, b)) != (i, j) and b not in seen:
-                    seen.add(b)
-                    todo.append(b)
-        if j in seen:
-            out.add((i, j))
-    return out
 
 
 def _angle(x, i, j, k):
@@ -109,23 +63,8 @@ def geometry_errors(numbers, start, minimum) -> dict:
 
 
 def constrained_energy(numbers, positions, charge, uhf, *, fix_heavy=False, torsions=(), fmax=0.05, steps=400):
-    from ase import Atoms
-    from ase.constraints import FixAtoms, FixInternals
-    from ase.optimize import BFGS
-
-    from ase_diffrelax.workflows.physics import xtb_calculator
-
-    a = Atoms(numbers=numbers, positions=positions)
-    a.calc = xtb_calculator(charge=charge, uhf=uhf)
-    if fix_heavy:
-        a.set_constraint(FixAtoms(mask=numbers > 1))
-    elif torsions:
-        a.set_constraint(FixInternals(dihedrals_deg=[[a.get_dihedral(*t), list(t)] for t in torsions], epsilon=1e-4))
-    try:
-        BFGS(a, logfile=None, maxstep=0.1).run(fmax=fmax, steps=steps)
-    except ValueError:  # FixInternals could not hold the set: the decomposition is not defined here
-        return float("nan")
-    return float(a.get_potential_energy())
+    return relax_torsions_held(numbers, positions, torsions, charge=charge, uhf=uhf, fix_heavy=fix_heavy, fmax=fmax,
+                               steps=steps)[1]
 
 
 def analyse(atoms, start, e_min, cache, key) -> dict:

@@ -8,7 +8,9 @@
   sigma_t matches the total per-coordinate deviation and the noise target is
   (x - sqrt(ab_t) x0) / sigma_t, so the DDPM algebra is unchanged. MMFF's deviation from
   B3LYP is systematic, not Gaussian; without these inputs the time head calls MMFF
-  structures clean and the sampler does nothing.
+  structures clean and the sampler does nothing. With local minima (``training/local_minima.py``)
+  x0 of an MMFF input is the molecule's local minimum at MMFF94's torsions instead of its global
+  minimum: d then holds only the local geometry, which a local network can learn.
 """
 from __future__ import annotations
 
@@ -22,37 +24,55 @@ from .data import MoleculeSet
 
 
 class TrainingData:
-    """Reference geometries (centred) and, where available, MMFF displacements in their frame."""
+    """Reference geometries (centred) and, where available, MMFF displacements in their frame.
 
-    def __init__(self, ms: MoleculeSet, mmff: np.ndarray | None, max_mmff_rmsd: float = 1.0):
+    ``local_minima`` (id -> positions): MMFF inputs are built on these instead of the reference,
+    and only molecules that have one get MMFF inputs."""
+
+    def __init__(self, ms: MoleculeSet, mmff: np.ndarray | None, max_mmff_rmsd: float = 1.0,
+                 local_minima: dict[int, np.ndarray] | None = None):
         self.ms = ms
         self.x0 = ms.positions.astype(np.float64).copy()
         self.disp = np.zeros_like(self.x0)
         self.has_mmff = np.zeros(len(ms), dtype=bool)
+        self.mmff_base = None if local_minima is None else np.zeros_like(self.x0)
         for m in range(len(ms)):
             a, b = ms.offsets[m], ms.offsets[m + 1]
             self.x0[a:b] -= self.x0[a:b].mean(0)
+            base = self.x0[a:b]
+            if local_minima is not None:
+                local = local_minima.get(int(ms.ids[m]))
+                if local is None:
+                    continue
+                base = local - local.mean(0)
+                self.mmff_base[a:b] = base
             if mmff is None or np.isnan(mmff[a:b]).any():
                 continue
-            d = kabsch_align(mmff[a:b].astype(np.float64), self.x0[a:b]) - self.x0[a:b]
+            d = kabsch_align(mmff[a:b].astype(np.float64), base) - base
             if np.sqrt((d**2).sum(1).mean()) <= max_mmff_rmsd:
                 self.disp[a:b] = d
                 self.has_mmff[m] = True
         self.x0 = self.x0.astype(np.float32)
         self.disp = self.disp.astype(np.float32)
+        if self.mmff_base is not None:
+            self.mmff_base = self.mmff_base.astype(np.float32)
         self.mmff_ids = np.nonzero(self.has_mmff)[0]
 
     def __len__(self):
         return len(self.ms)
 
-    def gather(self, mol_ids: np.ndarray):
+    def gather(self, mol_ids: np.ndarray, mmff_mask: np.ndarray | None = None):
+        """Atoms of ``mol_ids``; x0 is the MMFF base (local minimum) where ``mmff_mask`` says so."""
         o = self.ms.offsets
         idx = np.concatenate([np.arange(o[m], o[m + 1]) for m in mol_ids])
         sizes = o[mol_ids + 1] - o[mol_ids]
         mol = np.repeat(np.arange(len(mol_ids)), sizes)
+        x0 = self.x0[idx]
+        if self.mmff_base is not None and mmff_mask is not None and mmff_mask.any():
+            x0 = np.where(np.repeat(mmff_mask, sizes)[:, None], self.mmff_base[idx], x0)
         return (
             torch.from_numpy(self.ms.numbers[idx].astype(np.int64)),
-            torch.from_numpy(self.x0[idx]),
+            torch.from_numpy(x0),
             torch.from_numpy(self.disp[idx]),
             torch.from_numpy(mol),
         )

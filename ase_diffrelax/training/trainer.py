@@ -61,6 +61,9 @@ class TrainConfig:
     threads: int = 0
     max_train_molecules: int = 0  # 0 = all of the train split
     data: str = ""  # ASE-readable file, ASE db, or an xTB dataset .npz (ase-diffrelax dataset); "" = QM9
+    # local_minima.npz (training/local_minima.py): MMFF94 inputs of an xTB dataset are built on each
+    # molecule's local minimum at MMFF94's torsions, and only molecules that have one get MMFF inputs
+    local_minima: str = ""
     init: str = ""  # checkpoint (name or path) whose weights start the run; new elements get new rows
     compile: bool = False  # torch.compile the network's blocks: faster steps after a ~30 s warm-up
     model: dict = field(default_factory=lambda: ModelConfig().todict())
@@ -88,6 +91,11 @@ def check_config(cfg: TrainConfig) -> None:
     a, b = cfg.lr_decay_start, cfg.lr_decay_end
     if (a, b) != (0, 0) and not a < b:
         raise ValueError(f"--lr-decay {a}:{b}: the cosine decay must end after it starts (START < END)")
+    if cfg.local_minima and not cfg.data.endswith(".npz"):
+        raise ValueError("--local-minima: needs --data DATASET.npz (an 'ase-diffrelax dataset' build)")
+    if cfg.local_minima and not Path(cfg.local_minima).is_file():
+        raise ValueError(f"--local-minima {cfg.local_minima}: no such file (python -m "
+                         "ase_diffrelax.training.local_minima assemble writes it)")
 
 
 class Trainer:
@@ -170,7 +178,12 @@ class Trainer:
             if split == "val" and len(ref) > self.cfg.val_molecules:
                 keep = np.sort(np.random.default_rng(12345).permutation(len(ref))[: self.cfg.val_molecules])
                 ref, mm = ref.subset(keep), mm.subset(keep)
-            parts[split] = TrainingData(ref, mm.positions if self.cfg.mmff_fraction > 0 else None)
+            local = None
+            if split == "train" and self.cfg.local_minima:
+                from .local_minima import load_local_minima
+
+                local = load_local_minima(self.cfg.local_minima)
+            parts[split] = TrainingData(ref, mm.positions if self.cfg.mmff_fraction > 0 else None, local_minima=local)
         if not len(parts["train"]) or not len(parts["val"]):
             raise ValueError(f"{self.cfg.data}: needs molecules in both the 'train' and 'val' splits")
         self.data, self.val = parts["train"], parts["val"]
@@ -285,7 +298,7 @@ class Trainer:
         return loss.item()
 
     def batch(self, data: TrainingData, mol_ids: np.ndarray, mmff_mask: np.ndarray):
-        numbers, x0, disp, mol = data.gather(mol_ids)
+        numbers, x0, disp, mol = data.gather(mol_ids, mmff_mask)
         return numbers, x0, disp, mol, torch.from_numpy(mmff_mask)
 
     def train_batch_ids(self):
@@ -374,7 +387,9 @@ class Trainer:
             "training": {
                 "data": (f"{self.cfg.data} (train split)" if self.cfg.data else
                          "QM9 (qm9pack) B3LYP/6-31G(2df,p) minima, train split (QM9 Index % 10 not in {0, 1})")
-                        + (" + MMFF94 minima as structured noise" if self.cfg.mmff_fraction else ""),
+                        + (" + MMFF94 minima as structured noise" if self.cfg.mmff_fraction else "")
+                        + (f" (on local minima at MMFF94 torsions, {self.cfg.local_minima})"
+                           if self.cfg.local_minima and self.cfg.mmff_fraction else ""),
                 "split": ({"train": "the dataset's 'train' rows", "val": "its 'val' rows"}
                           if self.cfg.data.endswith(".npz") else
                           {"test": "Index % 10 == 0 (never trained on)", "val": "Index % 10 == 1", "train": "rest"}),
@@ -515,7 +530,7 @@ def _run_training(cfg: TrainConfig, resume: bool, progress: bool, stop_after_s) 
         saved = {**asdict(TrainConfig()), **saved}  # options newer than the run count as their defaults
         changed = {k: [saved[k], v] for k, v in asdict(cfg).items() if saved[k] != v
                    and k in ("mmff_fraction", "teacher_forcing", "time_weight", "low_t_weight", "low_t_max", "steps", "lr",
-                             "lr_decay_start", "lr_decay_end")}
+                             "lr_decay_start", "lr_decay_end", "local_minima")}
         if changed:  # a curriculum change: recorded in the history, and so in the model card
             trainer.history.append({"step": trainer.step, "config_change": changed})
     elif not resume and st.exists():
