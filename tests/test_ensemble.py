@@ -55,3 +55,14 @@ def test_temperature_goes_through_the_cards_map(tiny_model):
     assert t_for_temperature(m, 100.0) == 20
     s = sample_ensemble(molecule("CH3OH"), temperature=100.0, n_samples=3, burn_in=0, model=m)
     assert all(f.info["diffusion_t"] == 20 and f.info["temperature_knob"] == 100.0 for f in s)
+
+
+def test_a_temperature_without_a_model_takes_a_checkpoint_that_has_a_map():
+    from ase_diffrelax.adapters.ensemble import with_temperature_map
+    from ase_diffrelax.core.checkpoint import choose_model
+
+    ethanol = molecule("CH3CH2OH")
+    s = sample_ensemble(ethanol, temperature=100.0, n_samples=2, burn_in=0)
+    assert s[0].info["diffusion_model"] in with_temperature_map()
+    by_t = sample_ensemble(ethanol, t=5, n_samples=1, burn_in=0)  # a step needs no map: the automatic choice
+    assert by_t[0].info["diffusion_model"] == choose_model([ethanol])

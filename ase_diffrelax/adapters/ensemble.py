@@ -41,6 +41,20 @@ def with_temperature_map() -> list[str]:
             if json.loads((checkpoint_dir() / e["card"]).read_text()).get("temperature_map")] or ["none shipped"]
 
 
+def _choose(atoms, temperature) -> str:
+    """The automatic choice; for a temperature, the checkpoint of the same level of theory that has a
+    fitted map when the chosen one has none (a map is fitted per checkpoint, docs/ensembles.md)."""
+    from ..core.checkpoint import registry
+
+    name = choose_model([atoms])
+    if temperature is None:
+        return name
+    models = registry()["models"]
+    mapped = [m for m in with_temperature_map() if m in models]
+    same = [m for m in mapped if models[m].get("level_of_theory") == models[name].get("level_of_theory")]
+    return name if name in mapped or not same else same[0]
+
+
 # keys a relaxation, pipeline or earlier ensemble leaves in info: stale on a sample
 _STALE_INFO = ("diffusion_", "relaxed_", "pipeline_", "chain", "temperature_knob", "energy", "fmax")
 
@@ -66,7 +80,7 @@ def sample_ensemble(atoms, *, t: int | None = None, temperature: float | None = 
             raise ValueError(f"temperature={temperature!r}: must be a finite number of kelvin > 0")
     if t is not None and (isinstance(t, bool) or not isinstance(t, (int, np.integer))):
         raise ValueError(f"t={t!r}: must be a whole diffusion step")
-    model = load_model(model if model is not None else choose_model([atoms]), device=device)
+    model = load_model(model if model is not None else _choose(atoms, temperature), device=device)
     check_for_model(atoms, model)
     if t is None:
         t = t_for_temperature(model, temperature)

@@ -59,6 +59,7 @@ def relax_torsions_held(numbers, positions, torsions, *, charge: int = 0, uhf: i
     ``positions`` (or, ``fix_heavy``, every heavy atom fixed): (positions, energy eV, BFGS steps,
     converged). (None, nan, steps, False) when FixInternals cannot hold the set."""
     from ase import Atoms
+    from ase.calculators.calculator import CalculationFailed
     from ase.constraints import FixAtoms, FixInternals
     from ase.optimize import BFGS
 
@@ -73,6 +74,6 @@ def relax_torsions_held(numbers, positions, torsions, *, charge: int = 0, uhf: i
     opt = BFGS(a, logfile=None, maxstep=0.1)
     try:
         converged = bool(opt.run(fmax=fmax, steps=steps))
-    except ValueError:  # FixInternals could not hold the set: no local minimum defined here
+    except (ValueError, CalculationFailed):  # FixInternals could not hold the set, or the SCF failed
         return None, float("nan"), int(opt.nsteps), False
     return a.get_positions(), float(a.get_potential_energy()), int(opt.nsteps), converged
