@@ -42,16 +42,11 @@ LEVEL = {"xc": "b3lyp", "basis": "6-31g(2df,p)"}
 def dft_energy(numbers, positions, threads: int = 1) -> float:
     """Energy only (no gradient), in eV, with PySCFCalculator's SCF settings (density fitting)."""
     from ase.units import Hartree
-    from pyscf import dft, gto, lib
+    from pyscf import lib
 
-    from ase_diffrelax.workflows.physics import PySCFCalculator
+    from ase_diffrelax.workflows.physics import PySCFCalculator, pyscf_mean_field
 
-    p = PySCFCalculator.default_parameters
-    mol = gto.M(atom=[(int(z), tuple(x)) for z, x in zip(numbers, positions)], unit="Angstrom",
-                basis=LEVEL["basis"], verbose=0, max_memory=p["max_memory"])
-    mf = dft.RKS(mol)
-    mf.xc, mf.conv_tol, mf.grids.level = LEVEL["xc"], p["conv_tol"], p["grid_level"]
-    mf = mf.density_fit()
+    _, mf = pyscf_mean_field(numbers, positions, {**PySCFCalculator.default_parameters, **LEVEL, "density_fit": True})
     with lib.with_omp_threads(threads):
         e = mf.kernel()
     if not mf.converged:
@@ -59,25 +54,13 @@ def dft_energy(numbers, positions, threads: int = 1) -> float:
     return float(e) * Hartree
 
 
-def test_minima(matrix: Path) -> dict[int, float]:
-    """Lowest final energy (eV) any cached hand-off route reached, per QM9 index."""
-    out: dict[int, float] = {}
-    for line in matrix.read_text().splitlines():
-        r = json.loads(line)
-        if r.get("bonds_changed") or not np.isfinite(r.get("e_end", np.nan)):
-            continue
-        out[int(r["mol"])] = min(out.get(int(r["mol"]), np.inf), float(r["e_end"]))
-    return out
-
-
-def molecules(part: str, n: int, max_heavy: int, matrix: Path):
+def molecules(part: str, n: int, max_heavy: int, test_minima: dict):
     """(MoleculeSet, [(row, qm9 index)]) of the part, in the order they are scored."""
     from ase_diffrelax.training.data import load_qm9
 
     ms = load_qm9("test" if part == "test" else "val")
     if part == "test":
-        wanted = test_minima(matrix)
-        return ms, [(i, int(ms.ids[i])) for i in range(len(ms)) if int(ms.ids[i]) in wanted]
+        return ms, [(i, int(ms.ids[i])) for i in range(len(ms)) if int(ms.ids[i]) in test_minima]
     picked = []
     for i in np.random.default_rng(0).permutation(len(ms)):
         z, _ = ms.molecule(i)
@@ -101,6 +84,8 @@ def run(args) -> dict:
     from ase_diffrelax.chem.rmsd import SymmetricRMSD
     from ase_diffrelax.evaluation import model_hash, qm9_mmff_start
 
+    from .start_quality import lowest_route_energies
+
     tag = cache_tag(f"dft_{LEVEL['xc']}_{LEVEL['basis']}_df")
     matrix = HERE / "cache" / f"handoff_matrix_qm9_{tag}.jsonl"
     cache = JsonlStore(HERE / "cache" / f"qm9_dft_starts_{tag}.jsonl")
@@ -111,8 +96,9 @@ def run(args) -> dict:
         if name is not None:
             m = load_model(name, device="cpu")
             models[s] = (m, policy, model_hash(m, policy))
-    ms, picked = molecules(args.part, args.n, args.max_heavy, matrix)
-    minima = test_minima(matrix) if args.part == "test" else {}
+    # test: the lowest final energy any route of the DFT hand-off matrix reached (QM9 index -> eV)
+    minima = lowest_route_energies(matrix, level=tag) if args.part == "test" else {}
+    ms, picked = molecules(args.part, args.n, args.max_heavy, minima)
     rows: dict[str, dict[int, dict]] = {s: {} for s in starts}
     done = 0
     for i, qid in picked:

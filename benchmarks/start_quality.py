@@ -45,8 +45,10 @@ DATA = HERE.parent / "data" / "moses_xtb" / "dataset.npz"
 DEFAULT_METHODS = "mmff,gfnff,diffusion:qm9-painn128-jt,diffusion:moses-painn128-jt,xtb-opt"
 
 
-def lowest_route_energies(path: Path = HERE / "cache" / "handoff_matrix_moses_xtb.jsonl") -> dict[str, float]:
-    """The lowest final GFN2-xTB energy any hand-off route reached, per ``PART_ID`` molecule (eV)."""
+def lowest_route_energies(path: Path = HERE / "cache" / "handoff_matrix_moses_xtb.jsonl",
+                          level: str = "xtb") -> dict:
+    """The lowest final energy at ``level`` (a hand-off matrix cache's ``level`` field) any route
+    reached, per molecule of the cache (``PART_ID`` for MOSES, the QM9 index for QM9), in eV."""
     best: dict[str, float] = {}
     if not path.exists():
         return best
@@ -55,7 +57,7 @@ def lowest_route_energies(path: Path = HERE / "cache" / "handoff_matrix_moses_xt
             r = json.loads(line)
         except ValueError:
             continue
-        if r.get("level") == "xtb" and np.isfinite(r.get("e_end", np.nan)) and not r.get("bonds_changed"):
+        if r.get("level") == level and np.isfinite(r.get("e_end", np.nan)) and not r.get("bonds_changed"):
             best[r["mol"]] = min(best.get(r["mol"], np.inf), float(r["e_end"]))
     return best
 

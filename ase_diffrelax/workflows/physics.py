@@ -57,6 +57,25 @@ class CountingCalculator(Calculator):
             self.results["free_energy"] = self.results["energy"]
 
 
+def pyscf_mean_field(numbers, positions, p):
+    """PySCF molecule and Kohn-Sham object for the parameters ``p`` (PySCFCalculator's): the one
+    setup its gradient scanner and a plain energy (``mf.kernel()``) share."""
+    from pyscf import dft, gto
+
+    n_electrons = int(np.sum(numbers)) - int(p["charge"])
+    if n_electrons % 2 != int(p["spin"]) % 2:
+        raise CalculatorSetupError(
+            f"{n_electrons} electrons (charge {p['charge']:+d}) cannot have spin {p['spin']} (unpaired electrons): "
+            "set charge/spin consistently")
+    mol = gto.M(atom=[(int(z), pos) for z, pos in zip(numbers, positions)], unit="Angstrom", basis=p["basis"],
+                charge=p["charge"], spin=p["spin"], verbose=p["verbose"], max_memory=p["max_memory"])
+    mf = dft.RKS(mol) if p["spin"] == 0 else dft.UKS(mol)
+    mf.xc = p["xc"]
+    mf.conv_tol = p["conv_tol"]
+    mf.grids.level = p["grid_level"]
+    return mol, (mf.density_fit() if p["density_fit"] else mf)
+
+
 class PySCFCalculator(Calculator):
     """Kohn-Sham DFT energy and analytic gradient from PySCF, in eV and eV/A.
 
@@ -88,22 +107,7 @@ class PySCFCalculator(Calculator):
         return changed
 
     def _build(self, atoms):
-        from pyscf import dft, gto
-
-        p = self.parameters
-        n_electrons = int(atoms.numbers.sum()) - int(p.charge)
-        if n_electrons % 2 != int(p.spin) % 2:
-            raise CalculatorSetupError(
-                f"{n_electrons} electrons (charge {p.charge:+d}) cannot have spin {p.spin} (unpaired electrons): "
-                "set charge/spin consistently")
-        mol = gto.M(atom=[(int(z), pos) for z, pos in zip(atoms.numbers, atoms.positions)], unit="Angstrom",
-                    basis=p.basis, charge=p.charge, spin=p.spin, verbose=p.verbose, max_memory=p.max_memory)
-        mf = dft.RKS(mol) if p.spin == 0 else dft.UKS(mol)
-        mf.xc = p.xc
-        mf.conv_tol = p.conv_tol
-        mf.grids.level = p.grid_level
-        if p.density_fit:
-            mf = mf.density_fit()
+        mol, mf = pyscf_mean_field(atoms.numbers, atoms.positions, self.parameters)
         self._scanner = mf.nuc_grad_method().as_scanner()
         self._mol = mol
         self._numbers = atoms.numbers.copy()
