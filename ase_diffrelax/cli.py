@@ -97,6 +97,7 @@ def _train(args) -> int:
         lr_decay_start=args.lr_decay[0], lr_decay_end=args.lr_decay[1],
         model=model_cfg.todict(), init=args.init or "", compile=args.compile,
         low_t_weight=args.low_t_weight, low_t_max=args.low_t_max, local_minima=args.local_minima or "",
+        local_fraction=args.local_fraction,
     )
     trainer = run_training(cfg, resume=args.resume, progress=not args.no_progress, stop_after_s=args.stop_after)
     print(json.dumps(trainer.history[-1] if trainer.history else {"step": trainer.step}))
@@ -470,6 +471,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--local-minima", default=None, help="local_minima.npz (python -m ase_diffrelax.training."
                    "local_minima): MMFF94 inputs of a dataset.npz are built on each molecule's local minimum at "
                    "MMFF94's torsions; only molecules that have one get MMFF94 inputs")
+    t.add_argument("--local-fraction", type=float, default=1.0, help="with --local-minima: the probability an "
+                   "MMFF94 input is built on the local minimum rather than the global one (below 1, molecules "
+                   "without a local minimum keep their MMFF94 inputs)")
     t.add_argument("--val-every", type=int, default=1000, help="steps between validations")
     t.add_argument("--ckpt-every", type=int, default=250, help="steps between saved training states")
     t.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")

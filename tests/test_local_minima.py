@@ -1,4 +1,6 @@
 """Local-minimum targets: built from the MMFF94 start with rotatable torsions held, used by training."""
+import json
+
 import numpy as np
 import pytest
 
@@ -59,7 +61,7 @@ def test_training_builds_mmff_inputs_on_the_local_minima(dataset, tmp_path):
     with_local = np.array([int(i) in local for i in ref.ids])
     assert plain.has_mmff.all() and np.array_equal(data.has_mmff, with_local)  # MMFF inputs only where a base exists
     ids = np.arange(len(ref))
-    _, x0, disp, mol = data.gather(ids, with_local)
+    _, x0, disp, mol = data.gather(ids, data.draw_local(ids, with_local, np.random.default_rng(0)))
     _, x0_plain, _, _ = data.gather(ids, np.zeros(len(ids), bool))
     for m in ids:
         rows = (mol == m).numpy()
@@ -74,10 +76,28 @@ def test_training_builds_mmff_inputs_on_the_local_minima(dataset, tmp_path):
             assert kabsch_rmsd(moved, start) < 1e-4
         else:
             np.testing.assert_allclose(x0[rows].numpy(), x0_plain[rows].numpy())
+    # a fraction below 1: every molecule keeps its global MMFF94 inputs, and each input draws its base
+    mixed = TrainingData(ref, mm.positions, local_minima=local, local_fraction=0.5)
+    assert mixed.has_mmff.all()
+    rng = np.random.default_rng(0)
+    many = np.tile(ids, 200)
+    drawn = mixed.draw_local(many, np.ones(len(many), bool), rng)
+    assert not drawn[~with_local[many]].any() and 0.4 < drawn[with_local[many]].mean() < 0.6
+    _, x0_mixed, disp_mixed, mol_mixed = mixed.gather(many[:len(ids) * 2], drawn[:len(ids) * 2])
+    o = ref.offsets
+    for k, m in enumerate(many[:len(ids) * 2]):
+        rows = (mol_mixed == k).numpy()
+        base = x0[(mol == m).numpy()] if drawn[k] else x0_plain[(mol == m).numpy()]
+        np.testing.assert_allclose(x0_mixed[rows].numpy(), base.numpy(), atol=1e-5)
+        from ase_diffrelax.chem.rmsd import kabsch_rmsd
+
+        assert kabsch_rmsd(x0_mixed[rows].numpy() + disp_mixed[rows].numpy(), mm.positions[o[m]:o[m + 1]]) < 1e-4
     rc = main(["train", "--data", str(dataset), "--out", str(tmp_path / "run"), "--steps", "2", "--batch-size", "4",
                "--features", "16", "--blocks", "1", "--val-every", "2", "--val-molecules", "1", "--no-progress",
-               "--threads", "1", "--mmff-fraction", "0.5", "--local-minima", str(tmp_path / "lm" / "local_minima.npz")])
+               "--threads", "1", "--mmff-fraction", "0.5", "--local-minima", str(tmp_path / "lm" / "local_minima.npz"),
+               "--local-fraction", "0.5"])
     assert rc == 0
+    assert json.loads((tmp_path / "run" / "last.json").read_text())["training"]["data"].endswith("fraction 0.5 of them)")
     from ase_diffrelax import load_model
 
     assert "local minima" in load_model(tmp_path / "run" / "best").card["training"]["data"]

@@ -9,8 +9,9 @@
   (x - sqrt(ab_t) x0) / sigma_t, so the DDPM algebra is unchanged. MMFF's deviation from
   B3LYP is systematic, not Gaussian; without these inputs the time head calls MMFF
   structures clean and the sampler does nothing. With local minima (``training/local_minima.py``)
-  x0 of an MMFF input is the molecule's local minimum at MMFF94's torsions instead of its global
-  minimum: d then holds only the local geometry, which a local network can learn.
+  x0 of an MMFF input can be the molecule's local minimum at MMFF94's torsions instead of its
+  global minimum (all of them, or a drawn fraction): d then holds only the local geometry, which a
+  local network can learn.
 """
 from __future__ import annotations
 
@@ -26,54 +27,73 @@ from .data import MoleculeSet
 class TrainingData:
     """Reference geometries (centred) and, where available, MMFF displacements in their frame.
 
-    ``local_minima`` (id -> positions): MMFF inputs are built on these instead of the reference,
-    and only molecules that have one get MMFF inputs."""
+    ``local_minima`` (id -> positions): MMFF inputs can also be built on these (``local_disp``, in
+    the local minimum's frame). ``local_fraction`` 1 means always, and only molecules that have one
+    get MMFF inputs; below 1 every molecule with an MMFF94 start gets MMFF inputs and the trainer
+    draws per input which base it uses (``gather``'s ``local_mask``)."""
 
     def __init__(self, ms: MoleculeSet, mmff: np.ndarray | None, max_mmff_rmsd: float = 1.0,
-                 local_minima: dict[int, np.ndarray] | None = None):
+                 local_minima: dict[int, np.ndarray] | None = None, local_fraction: float = 1.0):
         self.ms = ms
+        self.local_fraction = local_fraction if local_minima is not None else 0.0
         self.x0 = ms.positions.astype(np.float64).copy()
         self.disp = np.zeros_like(self.x0)
-        self.has_mmff = np.zeros(len(ms), dtype=bool)
-        self.mmff_base = None if local_minima is None else np.zeros_like(self.x0)
+        self.has_global = np.zeros(len(ms), dtype=bool)
+        self.has_local = np.zeros(len(ms), dtype=bool)
+        self.local_base = None if local_minima is None else np.zeros_like(self.x0)
+        self.local_disp = None if local_minima is None else np.zeros_like(self.x0)
+
+        def displacement(start, base):
+            d = kabsch_align(start.astype(np.float64), base) - base
+            return d, bool(np.sqrt((d**2).sum(1).mean()) <= max_mmff_rmsd)
+
         for m in range(len(ms)):
             a, b = ms.offsets[m], ms.offsets[m + 1]
             self.x0[a:b] -= self.x0[a:b].mean(0)
-            base = self.x0[a:b]
-            if local_minima is not None:
-                local = local_minima.get(int(ms.ids[m]))
-                if local is None:
-                    continue
-                base = local - local.mean(0)
-                self.mmff_base[a:b] = base
             if mmff is None or np.isnan(mmff[a:b]).any():
                 continue
-            d = kabsch_align(mmff[a:b].astype(np.float64), base) - base
-            if np.sqrt((d**2).sum(1).mean()) <= max_mmff_rmsd:
-                self.disp[a:b] = d
-                self.has_mmff[m] = True
+            self.disp[a:b], self.has_global[m] = displacement(mmff[a:b], self.x0[a:b])
+            local = None if local_minima is None else local_minima.get(int(ms.ids[m]))
+            if local is not None:
+                self.local_base[a:b] = local - local.mean(0)
+                self.local_disp[a:b], self.has_local[m] = displacement(mmff[a:b], self.local_base[a:b])
+        self.disp[~np.repeat(self.has_global, np.diff(ms.offsets))] = 0.0
+        self.has_mmff = self.has_local.copy() if self.local_fraction >= 1 else self.has_global | self.has_local
         self.x0 = self.x0.astype(np.float32)
         self.disp = self.disp.astype(np.float32)
-        if self.mmff_base is not None:
-            self.mmff_base = self.mmff_base.astype(np.float32)
+        if self.local_base is not None:
+            self.local_base = self.local_base.astype(np.float32)
+            self.local_disp = self.local_disp.astype(np.float32)
         self.mmff_ids = np.nonzero(self.has_mmff)[0]
 
     def __len__(self):
         return len(self.ms)
 
-    def gather(self, mol_ids: np.ndarray, mmff_mask: np.ndarray | None = None):
-        """Atoms of ``mol_ids``; x0 is the MMFF base (local minimum) where ``mmff_mask`` says so."""
+    def draw_local(self, mol_ids: np.ndarray, mmff_mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Which MMFF inputs of a batch are built on the local minimum: with probability
+        ``local_fraction`` where one exists, always where the global displacement was rejected."""
+        if self.local_base is None:
+            return np.zeros(len(mol_ids), dtype=bool)
+        has_local, has_global = self.has_local[mol_ids], self.has_global[mol_ids]
+        if self.local_fraction >= 1:
+            return mmff_mask & has_local
+        return mmff_mask & has_local & ((rng.random(len(mol_ids)) < self.local_fraction) | ~has_global)
+
+    def gather(self, mol_ids: np.ndarray, local_mask: np.ndarray | None = None):
+        """Atoms of ``mol_ids``; x0 and the displacement are the local minimum's where ``local_mask`` says so."""
         o = self.ms.offsets
         idx = np.concatenate([np.arange(o[m], o[m + 1]) for m in mol_ids])
         sizes = o[mol_ids + 1] - o[mol_ids]
         mol = np.repeat(np.arange(len(mol_ids)), sizes)
-        x0 = self.x0[idx]
-        if self.mmff_base is not None and mmff_mask is not None and mmff_mask.any():
-            x0 = np.where(np.repeat(mmff_mask, sizes)[:, None], self.mmff_base[idx], x0)
+        x0, disp = self.x0[idx], self.disp[idx]
+        if self.local_base is not None and local_mask is not None and local_mask.any():
+            rows = np.repeat(local_mask, sizes)[:, None]
+            x0 = np.where(rows, self.local_base[idx], x0)
+            disp = np.where(rows, self.local_disp[idx], disp)
         return (
             torch.from_numpy(self.ms.numbers[idx].astype(np.int64)),
             torch.from_numpy(x0),
-            torch.from_numpy(self.disp[idx]),
+            torch.from_numpy(disp),
             torch.from_numpy(mol),
         )
 

@@ -64,6 +64,9 @@ class TrainConfig:
     # local_minima.npz (training/local_minima.py): MMFF94 inputs of an xTB dataset are built on each
     # molecule's local minimum at MMFF94's torsions, and only molecules that have one get MMFF inputs
     local_minima: str = ""
+    # below 1: each MMFF94 input of a molecule with a local minimum is built on it with this probability,
+    # on the global minimum otherwise, and molecules without one keep their global MMFF94 inputs
+    local_fraction: float = 1.0
     init: str = ""  # checkpoint (name or path) whose weights start the run; new elements get new rows
     compile: bool = False  # torch.compile the network's blocks: faster steps after a ~30 s warm-up
     model: dict = field(default_factory=lambda: ModelConfig().todict())
@@ -78,6 +81,7 @@ def check_config(cfg: TrainConfig) -> None:
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise ValueError(f"{name.replace('_', '-')} = {value!r}: must be a whole number >= {low}")
     for name, low, high in (("lr", 0.0, 1.0), ("min_lr", 0.0, 1.0), ("mmff_fraction", 0.0, 1.0),
+                            ("local_fraction", 0.0, 1.0),
                             ("teacher_forcing", 0.0, 1.0), ("ema_decay", 0.0, 1.0), ("grad_clip", 0.0, math.inf),
                             ("weight_decay", 0.0, math.inf), ("time_weight", 0.0, math.inf),
                             ("low_t_weight", 0.0, math.inf)):
@@ -183,7 +187,8 @@ class Trainer:
                 from .local_minima import load_local_minima
 
                 local = load_local_minima(self.cfg.local_minima)
-            parts[split] = TrainingData(ref, mm.positions if self.cfg.mmff_fraction > 0 else None, local_minima=local)
+            parts[split] = TrainingData(ref, mm.positions if self.cfg.mmff_fraction > 0 else None, local_minima=local,
+                                        local_fraction=self.cfg.local_fraction)
         if not len(parts["train"]) or not len(parts["val"]):
             raise ValueError(f"{self.cfg.data}: needs molecules in both the 'train' and 'val' splits")
         self.data, self.val = parts["train"], parts["val"]
@@ -298,7 +303,7 @@ class Trainer:
         return loss.item()
 
     def batch(self, data: TrainingData, mol_ids: np.ndarray, mmff_mask: np.ndarray):
-        numbers, x0, disp, mol = data.gather(mol_ids, mmff_mask)
+        numbers, x0, disp, mol = data.gather(mol_ids, data.draw_local(mol_ids, mmff_mask, self.rng))
         return numbers, x0, disp, mol, torch.from_numpy(mmff_mask)
 
     def train_batch_ids(self):
@@ -388,7 +393,9 @@ class Trainer:
                 "data": (f"{self.cfg.data} (train split)" if self.cfg.data else
                          "QM9 (qm9pack) B3LYP/6-31G(2df,p) minima, train split (QM9 Index % 10 not in {0, 1})")
                         + (" + MMFF94 minima as structured noise" if self.cfg.mmff_fraction else "")
-                        + (f" (on local minima at MMFF94 torsions, {self.cfg.local_minima})"
+                        + (f" (on local minima at MMFF94 torsions, {self.cfg.local_minima}"
+                           + (f", for a fraction {self.cfg.local_fraction:g} of them)" if self.cfg.local_fraction < 1
+                              else ")")
                            if self.cfg.local_minima and self.cfg.mmff_fraction else ""),
                 "split": ({"train": "the dataset's 'train' rows", "val": "its 'val' rows"}
                           if self.cfg.data.endswith(".npz") else
@@ -530,7 +537,7 @@ def _run_training(cfg: TrainConfig, resume: bool, progress: bool, stop_after_s) 
         saved = {**asdict(TrainConfig()), **saved}  # options newer than the run count as their defaults
         changed = {k: [saved[k], v] for k, v in asdict(cfg).items() if saved[k] != v
                    and k in ("mmff_fraction", "teacher_forcing", "time_weight", "low_t_weight", "low_t_max", "steps", "lr",
-                             "lr_decay_start", "lr_decay_end", "local_minima")}
+                             "lr_decay_start", "lr_decay_end", "local_minima", "local_fraction")}
         if changed:  # a curriculum change: recorded in the history, and so in the model card
             trainer.history.append({"step": trainer.step, "config_change": changed})
     elif not resume and st.exists():
