@@ -97,7 +97,7 @@ def _train(args) -> int:
         lr_decay_start=args.lr_decay[0], lr_decay_end=args.lr_decay[1],
         model=model_cfg.todict(), init=args.init or "", compile=args.compile,
         low_t_weight=args.low_t_weight, low_t_max=args.low_t_max, local_minima=args.local_minima or "",
-        local_fraction=args.local_fraction,
+        local_fraction=args.local_fraction, device=args.device,
     )
     trainer = run_training(cfg, resume=args.resume, progress=not args.no_progress, stop_after_s=args.stop_after)
     print(json.dumps(trainer.history[-1] if trainer.history else {"step": trainer.step}))
@@ -492,6 +492,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(replaces halving on plateaus; may be set when resuming)")
     t.add_argument("--compile", action="store_true", help="torch.compile the network blocks (needs a C++ "
                    "compiler; ~30 s warm-up, then ~3x faster steps on CPU for drug-size molecules)")
+    t.add_argument("--device", default="auto", help="where the network trains: cpu, cuda, cuda:1 (default: cuda "
+                   "when available; the batches drawn are the same on any device)")
     t.add_argument("--stop-after", type=float, default=None, help="stop (with a checkpoint) after this many seconds")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -261,7 +261,7 @@ def test_training_refuses_bad_data_naming_the_frame(tmp_path, capsys, damage, me
 
 @pytest.mark.parametrize("option,value", [("--lr-decay", "10:5"), ("--val-every", "0"), ("--ckpt-every", "0"),
                                           ("--steps", "-1"), ("--lr", "0"), ("--low-t-weight", "0"),
-                                          ("--low-t-max", "0")])
+                                          ("--low-t-max", "0"), ("--local-fraction", "1.5")])
 def test_training_refuses_impossible_numbers(tmp_path, capsys, option, value):
     from ase.io import write
 
@@ -272,6 +272,34 @@ def test_training_refuses_impossible_numbers(tmp_path, capsys, option, value):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and option.lstrip("-") in err[0], err
     assert not (tmp_path / "run" / "state.json").exists()
+
+
+@pytest.mark.parametrize("device,message", [("cuda", "CUDA is not available"), ("gpu0", "not a torch device")])
+def test_training_names_a_device_it_cannot_use(tmp_path, capsys, device, message):
+    from ase.io import write
+
+    from ase_diffrelax.cli import main
+
+    if device == "cuda" and torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    write(tmp_path / "mine.xyz", small_molecules())
+    assert main(_train_args(tmp_path / "mine.xyz", tmp_path / "run", "--device", device)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0] and device in err[0], err
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_cuda_run_takes_the_cpu_run_s_batches(tmp_path):
+    """Noise and steps are drawn on the CPU, so the first losses on CUDA equal the CPU run's."""
+    data = _data()
+    losses = {}
+    for device in ("cpu", "cuda"):
+        tr = Trainer(TrainConfig(out=str(tmp_path / device), batch_size=8, model=TINY, seed=3, device=device),
+                     data, data, progress=False)
+        assert next(tr.net.parameters()).device.type == device
+        losses[device] = [tr.optimizer_step() for _ in range(3)]
+        assert np.isfinite(tr.validate()["val_score"])
+    np.testing.assert_allclose(losses["cuda"], losses["cpu"], rtol=1e-3)
 
 
 def test_resume_with_other_data_is_refused(tmp_path, capsys):

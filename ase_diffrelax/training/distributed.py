@@ -12,14 +12,14 @@ if TYPE_CHECKING:
 
 def distributed_context() -> tuple[int, int]:
     """(rank, world size). Under torchrun (WORLD_SIZE > 1) the process group is started here:
-    gloo on CPU, nccl when the trainer runs on CUDA (it runs on the CPU today)."""
+    gloo for CPU tensors (the agreement flags below), nccl for CUDA ones where CUDA exists."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return 0, 1
     import torch.distributed as dist
 
     if not dist.is_initialized():
-        dist.init_process_group(backend="gloo")
+        dist.init_process_group(backend="cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo")
     return dist.get_rank(), dist.get_world_size()
 
 

@@ -24,6 +24,7 @@ from safetensors.torch import load_file
 from ..chem.rmsd import kabsch_align
 from ..core.checkpoint import save_model
 from ..core.denoise import denoise
+from ..core.device import pick_device
 from ..core.model import Denoiser, ModelConfig, molecule_pairs, remove_mean
 from ..files import atomic_save_tensors, atomic_write_json
 from .data import load_qm9, mmff_starts
@@ -69,6 +70,9 @@ class TrainConfig:
     local_fraction: float = 1.0
     init: str = ""  # checkpoint (name or path) whose weights start the run; new elements get new rows
     compile: bool = False  # torch.compile the network's blocks: faster steps after a ~30 s warm-up
+    # where the network runs: "auto" = CUDA when available. Noise and steps are drawn on the CPU from
+    # the run's seeded generators either way, so a run takes the same batches on any device.
+    device: str = "auto"
     model: dict = field(default_factory=lambda: ModelConfig().todict())
 
 
@@ -95,6 +99,7 @@ def check_config(cfg: TrainConfig) -> None:
     a, b = cfg.lr_decay_start, cfg.lr_decay_end
     if (a, b) != (0, 0) and not a < b:
         raise ValueError(f"--lr-decay {a}:{b}: the cosine decay must end after it starts (START < END)")
+    pick_device(cfg.device)  # an unknown or absent device is named before anything is loaded
     if cfg.local_minima and not cfg.data.endswith(".npz"):
         raise ValueError("--local-minima: needs --data DATASET.npz (an 'ase-diffrelax dataset' build)")
     if cfg.local_minima and not Path(cfg.local_minima).is_file():
@@ -114,6 +119,7 @@ class Trainer:
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         torch.manual_seed(cfg.seed)
+        self.device = training_device(cfg.device, self.world)
         self.net = Denoiser(ModelConfig.fromdict(cfg.model))
         if cfg.init:
             init_from(self.net, cfg.init)
@@ -121,6 +127,8 @@ class Trainer:
         self.ema = Denoiser(ModelConfig.fromdict(cfg.model))
         self.ema.load_state_dict(self.net.state_dict())
         self.ema.requires_grad_(False)
+        self.net.to(self.device)
+        self.ema.to(self.device)
         if cfg.compile:
             self.net.compile_blocks()
             self.ema.compile_blocks()
@@ -260,6 +268,10 @@ class Trainer:
             mol = remap[mol[keep]]
             t, sigma, use_true_all, weight = t[keep_mol], sigma[keep_mol], use_true_all[keep_mol], weight[keep_mol]
             n_mol = int(keep_mol.sum())
+        dev = self.device
+        numbers, x_t, eps, x0, mol = numbers.to(dev), x_t.to(dev), eps.to(dev), x0.to(dev), mol.to(dev)
+        t, sigma, use_true_all, weight = t.to(dev), sigma.to(dev), use_true_all.to(dev), weight.to(dev)
+        weight_all = weight_all.to(dev)
         pairs = molecule_pairs(mol, n_mol)
         s, v = net.representation(numbers, x_t, mol, n_mol, pairs)
         out = net.time_output(s, mol, n_mol)
@@ -271,7 +283,8 @@ class Trainer:
         t_in = torch.where(use_true_all, t_true, t_hat.detach().clamp(0, 1))
         eps_hat = net.predict_noise(s, v, t_in[mol], mol, n_mol)
         noise_mse_atom = ((eps_hat - eps) ** 2).mean(-1)
-        noise_mse_mol = torch.zeros(n_mol).index_add_(0, mol, noise_mse_atom) / torch.bincount(mol, minlength=n_mol)
+        noise_mse_mol = (torch.zeros(n_mol, device=dev).index_add_(0, mol, noise_mse_atom)
+                         / torch.bincount(mol, minlength=n_mol))
         noise_loss = (weight[mol] * noise_mse_atom).sum() / weight_all  # = the mean when all weights are 1
         if shard is None:
             loss = noise_loss + self.cfg.time_weight * time_se.mean()
@@ -336,7 +349,10 @@ class Trainer:
                 t = torch.randint(lo, hi + 1, (n_mol,), generator=gen)
                 eps = remove_mean(torch.randn(x0.shape, generator=gen), mol, n_mol)
                 x_t = self.schedule.q_sample(x0, t[mol], eps)
-                t_hat, eps_hat = net(numbers, x_t, mol, n_mol, t_frac=t.float() / self.schedule.T)
+                dev = self.device
+                t_hat, eps_hat = net(numbers.to(dev), x_t.to(dev), mol.to(dev), n_mol,
+                                     t_frac=(t.float() / self.schedule.T).to(dev))
+                t_hat, eps_hat = t_hat.cpu(), eps_hat.cpu()
                 mse += ((eps_hat - eps) ** 2).mean().item() * n_mol
                 mae += (t_hat.clamp(0, 1) * self.schedule.T - t).abs().sum().item()
                 n += n_mol
@@ -351,14 +367,15 @@ class Trainer:
                 numbers, x0, disp, mol, _ = self.batch(self.val, sel, np.ones(len(sel), bool))
                 n_mol = len(sel)
                 x = x0 + disp
-                pred = denoise(net, self.schedule, numbers, x, mol, n_mol)  # the sampler's own path
-                x0_hat = pred.x0_hat
+                dev = self.device  # the sampler's own path
+                pred = denoise(net, self.schedule, numbers.to(dev), x.to(dev), mol.to(dev), n_mol)
+                x0_hat = pred.x0_hat.cpu()
                 for k in range(n_mol):
                     m = (mol == k).numpy()
                     before.append(float(np.sqrt((disp[m].numpy() ** 2).sum(1).mean())))
                     y = kabsch_align(x0_hat[m].numpy().astype(np.float64), x0[m].numpy().astype(np.float64))
                     after.append(float(np.sqrt(((y - x0[m].numpy()) ** 2).sum(1).mean())))
-                t_hats.extend(pred.t_hat.tolist())
+                t_hats.extend(pred.t_hat.cpu().tolist())
             before, after = np.array(before), np.array(after)
             out["mmff_rmsd_before_median"] = float(np.median(before))
             out["mmff_oneshot_rmsd_median"] = float(np.median(after))
@@ -451,7 +468,8 @@ class Trainer:
         if self.world > 1:
             from torch.nn.parallel import DistributedDataParallel
 
-            ddp = DistributedDataParallel(ShardLoss(self))
+            ddp = DistributedDataParallel(ShardLoss(self), device_ids=[self.device.index] if self.device.type == "cuda"
+                                          else None)
         while self.step < target:
             if any_rank(bool(stop) or (stop_after_s is not None and time.time() - t_start > stop_after_s), self.world):
                 break
@@ -499,6 +517,16 @@ class Trainer:
         if bar is not None:
             bar.close()
         return self.history
+
+
+def training_device(device: str, world: int) -> torch.device:
+    """``--device`` resolved; under torchrun on CUDA each rank takes the GPU of its LOCAL_RANK."""
+    dev = pick_device(device)
+    if dev.type == "cuda" and world > 1 and dev.index is None:
+        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    return dev
 
 
 def cosine_lr(step: int, cfg: TrainConfig) -> float:
