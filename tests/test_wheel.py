@@ -83,7 +83,9 @@ def test_the_installed_cli_relaxes_with_its_defaults(unpacked_wheel, tmp_path):
     from ase_diffrelax.core.checkpoint import choose_model
 
     expected = [choose_model([atoms_from_smiles(s)]) for s in ("CCO", "CC(=O)Nc1ccc(Cl)cc1S(=O)(=O)N")]
-    assert expected[0] == "qm9-painn128-jt2" and expected[1].startswith("moses-")
+    from ase_diffrelax.core.checkpoint import registry
+
+    assert expected[0] == registry()["default"] and expected[1].startswith("moses-")
     assert [a.info["diffusion_model"] for a in frames] == expected
     assert [a.info["status"] for a in frames] == ["converged", "converged"]
     assert "relax shard 0/1" in out.stderr  # the progress bar, on by default
