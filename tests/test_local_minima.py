@@ -48,6 +48,7 @@ def test_local_minima_lie_between_the_minimum_and_the_mmff_start_and_resume(data
 
 
 def test_training_builds_mmff_inputs_on_the_local_minima(dataset, tmp_path):
+    from ase_diffrelax.chem.rmsd import kabsch_rmsd
     from ase_diffrelax.cli import main
     from ase_diffrelax.training.local_minima import assemble, build, load_local_minima
     from ase_diffrelax.training.noising import TrainingData
@@ -60,7 +61,7 @@ def test_training_builds_mmff_inputs_on_the_local_minima(dataset, tmp_path):
     plain, data = TrainingData(ref, mm.positions), TrainingData(ref, mm.positions, local_minima=local)
     with_local = np.array([int(i) in local for i in ref.ids])
     assert plain.has_mmff.all() and np.array_equal(data.has_mmff, with_local)  # MMFF inputs only where a base exists
-    ids = np.arange(len(ref))
+    ids, o = np.arange(len(ref)), ref.offsets
     _, x0, disp, mol = data.gather(ids, data.draw_local(ids, with_local, np.random.default_rng(0)))
     _, x0_plain, _, _ = data.gather(ids, np.zeros(len(ids), bool))
     for m in ids:
@@ -69,11 +70,7 @@ def test_training_builds_mmff_inputs_on_the_local_minima(dataset, tmp_path):
             expect = local[int(ref.ids[m])] - local[int(ref.ids[m])].mean(0)
             np.testing.assert_allclose(x0[rows].numpy(), expect, atol=1e-5)
             moved = x0[rows].numpy() + disp[rows].numpy()  # base + displacement = the MMFF94 start, aligned
-            o = ref.offsets
-            start = mm.positions[o[m]:o[m + 1]]
-            from ase_diffrelax.chem.rmsd import kabsch_rmsd
-
-            assert kabsch_rmsd(moved, start) < 1e-4
+            assert kabsch_rmsd(moved, mm.positions[o[m]:o[m + 1]]) < 1e-4
         else:
             np.testing.assert_allclose(x0[rows].numpy(), x0_plain[rows].numpy())
     # a fraction below 1: every molecule keeps its global MMFF94 inputs, and each input draws its base
@@ -84,13 +81,10 @@ def test_training_builds_mmff_inputs_on_the_local_minima(dataset, tmp_path):
     drawn = mixed.draw_local(many, np.ones(len(many), bool), rng)
     assert not drawn[~with_local[many]].any() and 0.4 < drawn[with_local[many]].mean() < 0.6
     _, x0_mixed, disp_mixed, mol_mixed = mixed.gather(many[:len(ids) * 2], drawn[:len(ids) * 2])
-    o = ref.offsets
     for k, m in enumerate(many[:len(ids) * 2]):
         rows = (mol_mixed == k).numpy()
         base = x0[(mol == m).numpy()] if drawn[k] else x0_plain[(mol == m).numpy()]
         np.testing.assert_allclose(x0_mixed[rows].numpy(), base.numpy(), atol=1e-5)
-        from ase_diffrelax.chem.rmsd import kabsch_rmsd
-
         assert kabsch_rmsd(x0_mixed[rows].numpy() + disp_mixed[rows].numpy(), mm.positions[o[m]:o[m + 1]]) < 1e-4
     rc = main(["train", "--data", str(dataset), "--out", str(tmp_path / "run"), "--steps", "2", "--batch-size", "4",
                "--features", "16", "--blocks", "1", "--val-every", "2", "--val-molecules", "1", "--no-progress",
