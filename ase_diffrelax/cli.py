@@ -74,13 +74,21 @@ def _train(args) -> int:
     from .core.model import DEFAULT_ELEMENTS, ModelConfig
     from .training.trainer import TrainConfig, run_training
 
-    model_cfg = ModelConfig(features=args.features, blocks=args.blocks)
+    model_cfg = ModelConfig(features=args.features or 128, blocks=args.blocks or 3)
     elements = DEFAULT_ELEMENTS
     if args.init:
         from .core.checkpoint import load_model
 
         model_cfg = load_model(args.init, device="cpu").net.config  # width and depth come from the checkpoint
         elements = model_cfg.elements
+        if args.features and args.features != model_cfg.features:
+            raise UserError(f"--features {args.features}: --init {args.init} has {model_cfg.features}; "
+                            "a fine-tune keeps the checkpoint's width")
+        if args.blocks and args.blocks < model_cfg.blocks:
+            raise UserError(f"--blocks {args.blocks}: --init {args.init} has {model_cfg.blocks}; "
+                            "a run may add blocks to a checkpoint, not drop them")
+        if args.blocks:
+            model_cfg = ModelConfig(**{**model_cfg.todict(), "blocks": args.blocks})
     if args.elements:
         from ase.data import atomic_numbers
 
@@ -96,7 +104,8 @@ def _train(args) -> int:
         seed=args.seed, max_train_molecules=args.max_train_molecules, data=args.data or "",
         lr_decay_start=args.lr_decay[0], lr_decay_end=args.lr_decay[1],
         model=model_cfg.todict(), init=args.init or "", compile=args.compile,
-        low_t_weight=args.low_t_weight, low_t_max=args.low_t_max, local_minima=args.local_minima or "",
+        low_t_weight=args.low_t_weight, low_t_max=args.low_t_max, mmff_step=args.mmff_step,
+        local_minima=args.local_minima or "",
         local_fraction=args.local_fraction, device=args.device,
     )
     trainer = run_training(cfg, resume=args.resume, progress=not args.no_progress, stop_after_s=args.stop_after)
@@ -461,13 +470,17 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--steps", type=int, default=100_000, help="optimizer steps in total")
     t.add_argument("--batch-size", type=int, default=64, help="molecules per batch")
     t.add_argument("--lr", type=float, default=5e-4, help="peak learning rate (AdamW)")
-    t.add_argument("--features", type=int, default=128, help="PaiNN feature width")
-    t.add_argument("--blocks", type=int, default=3, help="PaiNN message-passing blocks")
+    t.add_argument("--features", type=positive_int, default=None, help="PaiNN feature width (default 128, or --init's)")
+    t.add_argument("--blocks", type=positive_int, default=None, help="PaiNN message-passing blocks (default 3, or --init's); "
+                   "with --init, blocks beyond the checkpoint's are appended with their updates starting at zero")
     t.add_argument("--mmff-fraction", type=float, default=0.4,
                    help="fraction of each batch built from MMFF94 starts of training molecules")
     t.add_argument("--low-t-weight", type=float, default=1.0, help="noise-loss weight of molecules at step "
                    "t <= --low-t-max, where relaxation ends (weights normalised per batch; 1 = plain mean)")
     t.add_argument("--low-t-max", type=int, default=50, help="the largest step --low-t-weight applies to")
+    t.add_argument("--mmff-step", type=int, default=0,
+                   help="present MMFF94 inputs unshrunk at this step, where the time head reads real MMFF94 starts "
+                        "(e.g. 40), instead of shrunk at the step of their real deviation (0, the default)")
     t.add_argument("--local-minima", default=None, help="local_minima.npz (python -m ase_diffrelax.training."
                    "local_minima): MMFF94 inputs of a dataset.npz are built on each molecule's local minimum at "
                    "MMFF94's torsions; only molecules that have one get MMFF94 inputs")

@@ -4,6 +4,9 @@ report (QM9) or a drugs.py report (one entry per MOSES part, the per-molecule ta
     python benchmarks/update_card.py checkpoints/qm9-painn128-jt.json docs/results/relax_quality.json
     python benchmarks/update_card.py checkpoints/moses-painn128-jt.json docs/results/drugs_test.json
     python -m benchmarks.update_card checkpoints/moses-painn128-jt3.json docs/results/start_quality_moses_test.json
+    python -m benchmarks.update_card checkpoints/qm9-painn128-jt4.json docs/results/qm9_dft_starts_test_session19.json \
+        "diffusion:runs/qm9-lowt32/last@jt:t_scale=2.5+t_scale_cap=100"   # a qm9_dft_starts report: the row measured
+                                                                          # before shipping, and its parent's
 """
 import json
 import sys
@@ -12,8 +15,8 @@ from pathlib import Path
 from ase_diffrelax.core.checkpoint import write_card
 
 
-def main(card_path, result_path):
-    _update(card_path, result_path)
+def main(card_path, result_path, row=None):
+    _update(card_path, result_path, row)
     from ase_diffrelax.core.checkpoint import checkpoint_dir
 
     if Path(card_path).resolve().parent == checkpoint_dir().resolve():  # a shipped card: the registry vouches for it
@@ -22,9 +25,22 @@ def main(card_path, result_path):
         seal()
 
 
-def _update(card_path, result_path):
+def _update(card_path, result_path, row=None):
     card = json.load(open(card_path))
     res = json.load(open(result_path))
+    if "starts" in res and "paired_vs_first_diffusion" in res:  # benchmarks/qm9_dft_starts.py
+        own = row or f"diffusion:{card['name']}"
+        if own not in res["starts"]:
+            raise SystemExit(f"{result_path} has no row {own}")
+        paired = res["paired_vs_first_diffusion"].get(own)
+        entry = {"source": result_path, **{k: res[k] for k in ("level", "minimum", "rmsd")}, "this": res["starts"][own]}
+        if paired:
+            entry[f"parent_{paired['vs'].removeprefix('diffusion:')}"] = res["starts"][paired["vs"]]
+        entry["mmff94"] = res["starts"].get("mmff")
+        entry["paired_vs_parent"] = paired
+        card.setdefault("benchmarks", {})[f"qm9_b3lyp_start_{res['part']}"] = entry
+        write_card(Path(card_path), card)
+        return
     if "methods" in res and "part" in res:  # benchmarks/start_quality.py: this checkpoint's row and MMFF94's
         own = res["methods"].get(f"diffusion:{card['name']}")
         if own is None:
@@ -54,4 +70,4 @@ def _update(card_path, result_path):
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:3])
+    main(*sys.argv[1:4])

@@ -47,6 +47,37 @@ def test_low_t_weight_is_a_normalised_reweighting_of_the_noise_loss(tmp_path):
     assert losses[4.0][0] != pytest.approx(losses[1.0][0], rel=1e-3)
 
 
+def test_mmff_step_presents_mmff_inputs_unshrunk_at_that_step_with_exact_targets():
+    """--mmff-step: an MMFF94 input at full displacement sits at the given small step, its shrink is
+    that step's (invisible, as a real start's), eps * sigma_t is the whole deviation, and its loss
+    counts relative to the real deviation; Gaussian inputs are drawn exactly as without it."""
+    from ase_diffrelax.core.schedule import NoiseSchedule
+    from ase_diffrelax.training.noising import make_inputs
+
+    sched = NoiseSchedule(1000, 1e-5)
+    data = _data()
+    ids = np.arange(8)
+    numbers, x0, disp, mol = data.gather(ids)
+    disp = 5 * disp  # ~0.25 A per coordinate, as MMFF94's from GFN2-xTB (the fake one is 0.05)
+    is_mmff = torch.tensor([True] * 5 + [False] * 3)
+    base = make_inputs(sched, numbers, x0, disp, mol, 8, is_mmff, torch.Generator().manual_seed(5))
+    x_t, t, eps, sigma, scale = make_inputs(sched, numbers, x0, disp, mol, 8, is_mmff,
+                                            torch.Generator().manual_seed(5), mmff_step=40)
+    assert (t[is_mmff] <= 100).all() and (t[~is_mmff] == base[1][~is_mmff]).all()
+    assert torch.equal(x_t[~is_mmff[mol]], base[0][~is_mmff[mol]]) and (base[4] == 1).all()
+    sig_t = torch.as_tensor(sched.sigma, dtype=torch.float32)[t]
+    ab = torch.as_tensor(sched.alpha_bar, dtype=torch.float32)[t]
+    deviation = eps * sig_t[mol, None]
+    torch.testing.assert_close(x_t, ab.sqrt()[mol, None] * x0 + deviation, atol=1e-5, rtol=1e-5)
+    assert (ab[is_mmff].sqrt() > 0.995).all()  # t <= 100: shrunk by < 0.5 %, where the VP inputs shrink ~
+    real = torch.stack([deviation[mol == k].pow(2).sum() / (3 * ((mol == k).sum() - 1)) for k in range(8)]).sqrt()
+    # the deviation is larger than that step's sigma (by |d| / sigma_40 where no extra noise is drawn) ...
+    assert (real[is_mmff] >= 0.99 * sig_t[is_mmff]).all() and (real[is_mmff] > 2 * sig_t[is_mmff]).any()
+    # (the scale uses the extra noise's expected size, ``real`` its drawn one: equal within ~10 %)
+    torch.testing.assert_close(scale[is_mmff], (sig_t[is_mmff] / real[is_mmff]) ** 2, rtol=0.15, atol=1e-6)
+    assert (scale[~is_mmff] == 1).all()  # ... and its noise error is counted relative to it
+
+
 def test_split_is_fixed():
     assert split_of(np.array([10, 20, 11, 21, 12, 19, 1])).tolist() == \
         ["test", "test", "val", "val", "train", "train", "val"]
@@ -205,6 +236,31 @@ def test_init_copies_known_elements_and_adds_rows_for_new_ones(tiny_model):
         init_from(Denoiser(ModelConfig(features=32, blocks=2, rbf=8, time_features=8)), tiny_model.path)
 
 
+def test_init_into_a_deeper_net_copies_the_blocks_and_appends_trainable_zero_update_blocks(tiny_model):
+    from ase_diffrelax.core.model import Denoiser, ModelConfig
+    from ase_diffrelax.training.state import init_from
+
+    cfg = tiny_model.net.config.todict()
+    net = Denoiser(ModelConfig.fromdict({**cfg, "blocks": cfg["blocks"] + 1}))
+    info = init_from(net, tiny_model.path)
+    assert info["new_blocks"] == [cfg["blocks"]]
+    old = tiny_model.net.state_dict()
+    for k, v in net.state_dict().items():
+        if k in old:
+            torch.testing.assert_close(v, old[k])
+    new_inter, new_mix = net.interactions[-1], net.mixings[-1]
+    assert not new_inter.phi[-1].weight.any() and not new_mix.mlp[-1].weight.any()
+    # the appended block adds nothing to the features yet, but it learns: its zeroed layers get gradients
+    a = small_molecules()[3]
+    numbers, x = torch.as_tensor(a.numbers), torch.as_tensor(a.positions, dtype=torch.float32)
+    mol = torch.zeros(len(a), dtype=torch.long)
+    t_hat, eps = net(numbers, x + 0.1 * torch.randn_like(x), mol, 1, t_frac=torch.tensor([0.05]))
+    (t_hat.sum() + (eps**2).sum()).backward()
+    assert new_inter.phi[-1].weight.grad.abs().sum() > 0 and new_mix.mlp[-1].weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="add blocks to a checkpoint, not drop them"):
+        init_from(Denoiser(ModelConfig.fromdict({**cfg, "blocks": cfg["blocks"] - 1})), tiny_model.path)
+
+
 def test_cli_fine_tunes_a_checkpoint_on_an_xtb_dataset_with_new_elements(tiny_model, tmp_path, capsys):
     pytest.importorskip("tblite")
     from ase_diffrelax.cli import main
@@ -217,10 +273,15 @@ def test_cli_fine_tunes_a_checkpoint_on_an_xtb_dataset_with_new_elements(tiny_mo
     assemble(tmp_path / "ds")
     rc = main(["train", "--data", str(tmp_path / "ds" / "dataset.npz"), "--init", str(tiny_model.path),
                "--elements", "S,Cl", "--out", str(tmp_path / "ft"), "--steps", "6", "--batch-size", "4",
-               "--val-every", "3", "--no-progress", "--threads", "1"])
+               "--val-every", "3", "--no-progress", "--threads", "1", "--blocks", "3"])
     assert rc == 0
     ft = load_model(tmp_path / "ft" / "best")
     assert set(ft.elements) == {1, 6, 7, 8, 9, 16, 17}
+    assert ft.net.config.blocks == 3 == tiny_model.net.config.blocks + 1  # --blocks grows the checkpoint
+    capsys.readouterr()
+    assert main(["train", "--data", str(tmp_path / "ds" / "dataset.npz"), "--init", str(tiny_model.path),
+                 "--out", str(tmp_path / "ft1"), "--steps", "2", "--no-progress", "--blocks", "1"]) != 0
+    assert "not drop them" in capsys.readouterr().err
     assert ft.card["training"]["init"] == str(tiny_model.path)
     from ase_diffrelax.training.xtb_dataset import load_xtb_dataset
 
@@ -261,7 +322,8 @@ def test_training_refuses_bad_data_naming_the_frame(tmp_path, capsys, damage, me
 
 @pytest.mark.parametrize("option,value", [("--lr-decay", "10:5"), ("--val-every", "0"), ("--ckpt-every", "0"),
                                           ("--steps", "-1"), ("--lr", "0"), ("--low-t-weight", "0"),
-                                          ("--low-t-max", "0"), ("--local-fraction", "1.5")])
+                                          ("--low-t-max", "0"), ("--local-fraction", "1.5"),
+                                          ("--mmff-step", "1000"), ("--mmff-step", "-1")])
 def test_training_refuses_impossible_numbers(tmp_path, capsys, option, value):
     from ase.io import write
 

@@ -11,7 +11,8 @@
   structures clean and the sampler does nothing. With local minima (``training/local_minima.py``)
   x0 of an MMFF input can be the molecule's local minimum at MMFF94's torsions instead of its
   global minimum (all of them, or a drawn fraction): d then holds only the local geometry, which a
-  local network can learn.
+  local network can learn. With ``mmff_step`` the MMFF input is presented unshrunk, at the small
+  step the time head reads a real MMFF94 start at (``make_inputs``).
 """
 from __future__ import annotations
 
@@ -106,8 +107,16 @@ def sample_gaussian_t(n: int, T: int, gen: torch.Generator) -> torch.Tensor:
     return lo + (torch.rand(n, generator=gen) * (hi - lo + 1)).long().clamp(max=(hi - lo))
 
 
-def make_inputs(schedule: NoiseSchedule, numbers, x0, disp, mol, n_mol, is_mmff, gen):
-    """Noisy inputs, integer steps t, noise targets and the true deviation scale sigma (per molecule)."""
+def make_inputs(schedule: NoiseSchedule, numbers, x0, disp, mol, n_mol, is_mmff, gen, mmff_step: int = 0):
+    """Noisy inputs, integer steps t, noise targets, the deviation scale sigma the time head regresses
+    and a per-molecule loss scale (1 except for ``mmff_step`` inputs), all per molecule but the first three.
+
+    ``mmff_step`` > 0 presents an MMFF94 input at the step inference reads it at: the full displacement
+    counts as noise of sigma_{mmff_step} (lam * d as lam * sigma_{mmff_step}), so the input is shrunk by
+    no more than sqrt(alpha_bar) of that small step (0.16 % at 40), as a real start is not shrunk at
+    all, and the target eps = deviation / sigma_t holds the whole way to the minimum. Its noise error is
+    rescaled by (sigma_t / real deviation)^2: errors count relative to the displacement, as in the
+    variance-preserving presentation, not in units of the much smaller sigma_t."""
     T = schedule.T
     sigma_tab = schedule.table("sigma", "cpu")
     ab_tab = schedule.table("alpha_bar", "cpu")
@@ -122,9 +131,16 @@ def make_inputs(schedule: NoiseSchedule, numbers, x0, disp, mol, n_mol, is_mmff,
     sig_g = torch.where(t_g > 0, sigma_tab[t_g], torch.zeros(n_mol, dtype=torch.float64))
     d2 = torch.zeros(n_mol, dtype=torch.float64).index_add_(0, mol, (disp.double() ** 2).sum(-1))
     sig_tot = torch.sqrt(lam.double() ** 2 * d2 / dof + sig_g**2)
-    t_mmff = schedule.t_for_sigma(sig_tot).clamp(1, T)
+    loss_scale = torch.ones(n_mol, dtype=torch.float64)
+    if mmff_step > 0:
+        sig_read = torch.sqrt((lam.double() * float(sigma_tab[mmff_step])) ** 2 + sig_g**2)
+        t_mmff = schedule.t_for_sigma(sig_read).clamp(1, T)
+        loss_scale = torch.where(is_mmff, (sigma_tab[t_mmff] / sig_tot.clamp(min=1e-6)) ** 2, loss_scale)
+    else:
+        sig_read = sig_tot
+        t_mmff = schedule.t_for_sigma(sig_tot).clamp(1, T)
     t = torch.where(is_mmff, t_mmff, t)
-    sigma_target = torch.where(is_mmff, sig_tot.clamp(min=float(sigma_tab[1])), sigma_tab[t])
+    sigma_target = torch.where(is_mmff, sig_read.clamp(min=float(sigma_tab[1])), sigma_tab[t])
 
     eps_g = remove_mean(torch.randn(x0.shape, generator=gen, dtype=torch.float64), mol, n_mol)
     sig_t = sigma_tab[t]
@@ -135,7 +151,7 @@ def make_inputs(schedule: NoiseSchedule, numbers, x0, disp, mol, n_mol, is_mmff,
     deviation = torch.where(is_mmff[a, None], mmff_part, gauss_part)
     x_t = sqrt_ab[a, None] * x0.double() + deviation
     eps = deviation / sig_t[a, None]
-    return x_t.float(), t, eps.float(), sigma_target
+    return x_t.float(), t, eps.float(), sigma_target, loss_scale.float()
 
 
 def subset_per_atom(ms: MoleculeSet, per_atom: np.ndarray, sel: np.ndarray) -> np.ndarray:
