@@ -16,6 +16,8 @@ Gaussian noise of step ~190, but it is not shrunk, and the time head reads the m
     python -m benchmarks.vp_start oneshot --part val --n 100 --out docs/results/vp_start_oneshot_val.json
     python -m benchmarks.vp_start policies --part val --n 200 --handoff sella,bfgs --model moses-painn128-jt3 \\
         --policies jt,fixed:t0=250+vp_start=1 --out docs/results/vp_start_policies_val.json
+    python -m benchmarks.vp_start policies --part val --n 100 --handoff sella --model runs/moses-mstep40/last \\
+        --policies "jt>jt@moses-painn128-jt5" --out docs/results/sella_val100_mstep40_jt5.json   # two checkpoints
 """
 from __future__ import annotations
 
@@ -72,12 +74,16 @@ def oneshot(model_name: str, part: str, n: int, steps: list, data: Path = DATA) 
 
 
 def relax_stage(starts, mols, spec: str, model) -> list:
-    """``relax_many`` with ``spec``; ``oracle:POLICY`` sets each molecule's t0 to the step whose sigma_t
-    equals the start's real deviation from the minimum (rounded to 10 steps; an upper bound for a
-    head that would predict it)."""
-    from ase_diffrelax import relax_many
+    """``relax_many`` with ``spec``; ``POLICY@MODEL`` runs this stage with another checkpoint;
+    ``oracle:POLICY`` sets each molecule's t0 to the step whose sigma_t equals the start's real
+    deviation from the minimum (rounded to 10 steps; an upper bound for a head that would predict it)."""
+    from ase_diffrelax import load_model, relax_many
 
     from .time_blindness import deviation
+
+    if "@" in spec:
+        spec, other = spec.split("@", 1)
+        model = load_model(other, device="cpu")
 
     kwargs = dict(model=model, progress=False, batch_size=16, unseen_bonds="relax", on_error="skip")
     if not spec.startswith("oracle:"):
@@ -152,7 +158,8 @@ def main(argv=None) -> None:
     p.add_argument("--model", default="moses-painn128-jt3")
     p.add_argument("--steps", default="40,60,100,150,200,300", help="oneshot: steps to evaluate at")
     p.add_argument("--policies", default="jt,fixed:t0=250+vp_start=1",
-                   help="policies: comma list (or mmff); A>B = relax with A, then with B from its end")
+                   help="policies: comma list (or mmff); A>B = relax with A, then with B from its end; "
+                   "POLICY@MODEL = that stage with another checkpoint")
     p.add_argument("--handoff", default="", help="policies: comma list of optimizers (sella, bfgs) whose GFN2-xTB "
                    "calls from each end to fmax 0.03 are counted")
     p.add_argument("--data", default=str(DATA))
