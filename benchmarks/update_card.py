@@ -5,8 +5,8 @@ report (QM9) or a drugs.py report (one entry per MOSES part, the per-molecule ta
     python benchmarks/update_card.py checkpoints/moses-painn128-jt.json docs/results/drugs_test.json
     python -m benchmarks.update_card checkpoints/moses-painn128-jt3.json docs/results/start_quality_moses_test.json
     python -m benchmarks.update_card checkpoints/qm9-painn128-jt4.json docs/results/qm9_dft_starts_test_session19.json \
-        "diffusion:runs/qm9-lowt32/last@jt:t_scale=2.5+t_scale_cap=100"   # a qm9_dft_starts report: the row measured
-                                                                          # before shipping, and its parent's
+        "diffusion:runs/qm9-lowt32/last@jt:t_scale=2.5+t_scale_cap=100"   # ROW: the row measured before shipping
+                                                                          # (a qm9_dft_starts or start_quality report)
 """
 import json
 import sys
@@ -42,9 +42,9 @@ def _update(card_path, result_path, row=None):
         write_card(Path(card_path), card)
         return
     if "methods" in res and "part" in res:  # benchmarks/start_quality.py: this checkpoint's row and MMFF94's
-        own = res["methods"].get(f"diffusion:{card['name']}")
+        own = res["methods"].get(row or f"diffusion:{card['name']}")
         if own is None:
-            raise SystemExit(f"{result_path} has no row diffusion:{card['name']}")
+            raise SystemExit(f"{result_path} has no row {row or 'diffusion:' + card['name']}")
         card.setdefault("benchmarks", {})[f"start_quality_moses_{res['part']}"] = {
             "source": result_path, "n": res["n"], "level": res["level"], "reference": res["reference"],
             "rmsd": res["rmsd"], "dE_kcal": own["dE_kcal"], "rmsd_heavy": own["rmsd_heavy"], "rmsd_all": own["rmsd_all"],

@@ -78,6 +78,17 @@ def test_mmff_step_presents_mmff_inputs_unshrunk_at_that_step_with_exact_targets
     assert (scale[~is_mmff] == 1).all()  # ... and its noise error is counted relative to it
 
 
+def test_mmff_starts_equal_to_their_references_are_no_noise_and_the_run_says_so(tmp_path):
+    ms = MoleculeSet.from_atoms_list(small_molecules())
+    same = TrainingData(ms, ms.positions.copy())  # references that are MMFF94 minima already
+    assert not same.has_mmff.any() and not len(same.mmff_ids)
+    assert _data().has_mmff.all()  # 0.05 A away: structured noise
+    cfg = TrainConfig(out=str(tmp_path / "run"), batch_size=4, model=TINY, steps=1, mmff_fraction=0.5)
+    tr = Trainer(cfg, same, same, progress=False)
+    with pytest.warns(UserWarning, match="no training molecule has a usable MMFF94 start"):
+        tr._warn_without_mmff()
+
+
 def test_split_is_fixed():
     assert split_of(np.array([10, 20, 11, 21, 12, 19, 1])).tolist() == \
         ["test", "test", "val", "val", "train", "train", "val"]

@@ -24,6 +24,8 @@ from ..core.model import remove_mean
 from ..core.schedule import NoiseSchedule
 from .data import MoleculeSet
 
+MIN_MMFF_RMSD = 1e-3  # A: below this an MMFF94 start is its reference
+
 
 class TrainingData:
     """Reference geometries (centred) and, where available, MMFF displacements in their frame.
@@ -46,7 +48,10 @@ class TrainingData:
 
         def displacement(start, base):
             d = kabsch_align(start.astype(np.float64), base) - base
-            return d, bool(np.sqrt((d**2).sum(1).mean()) <= max_mmff_rmsd)
+            rmsd = np.sqrt((d**2).sum(1).mean())
+            # a start equal to its reference (structures that are MMFF94 minima already) is no noise:
+            # it would put a zero displacement (and a ratio of zero to zero in validation) in the run
+            return d, bool(MIN_MMFF_RMSD < rmsd <= max_mmff_rmsd)
 
         for m in range(len(ms)):
             a, b = ms.offsets[m], ms.offsets[m + 1]
@@ -135,7 +140,8 @@ def make_inputs(schedule: NoiseSchedule, numbers, x0, disp, mol, n_mol, is_mmff,
     if mmff_step > 0:
         sig_read = torch.sqrt((lam.double() * float(sigma_tab[mmff_step])) ** 2 + sig_g**2)
         t_mmff = schedule.t_for_sigma(sig_read).clamp(1, T)
-        loss_scale = torch.where(is_mmff, (sigma_tab[t_mmff] / sig_tot.clamp(min=1e-6)) ** 2, loss_scale)
+        scale = (sigma_tab[t_mmff] / sig_tot.clamp(min=float(sigma_tab[1]))) ** 2
+        loss_scale = torch.where(is_mmff, scale.clamp(max=1.0), loss_scale)  # never above a Gaussian input's
     else:
         sig_read = sig_tot
         t_mmff = schedule.t_for_sigma(sig_tot).clamp(1, T)

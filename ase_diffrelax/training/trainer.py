@@ -174,6 +174,7 @@ class Trainer:
             self.val = TrainingData(*sub(val_sel))
             if np.any(self.data.ms.ids % 10 == 0):
                 raise ValueError("training data contains QM9 test-split molecules (Index % 10 == 0)")
+            self._warn_without_mmff()
 
     def check_data(self) -> None:
         from .data import check_molecules
@@ -206,6 +207,15 @@ class Trainer:
         if not len(parts["train"]) or not len(parts["val"]):
             raise ValueError(f"{self.cfg.data}: needs molecules in both the 'train' and 'val' splits")
         self.data, self.val = parts["train"], parts["val"]
+        self._warn_without_mmff()
+
+    def _warn_without_mmff(self) -> None:
+        if self.cfg.mmff_fraction > 0 and not len(self.data.mmff_ids) and self.rank == 0:
+            import warnings
+
+            warnings.warn(f"{self.cfg.data or 'QM9'}: no training molecule has a usable MMFF94 start (none could be "
+                          "built, or each equals its reference: structures that are MMFF94 minima already), so the run "
+                          "trains on Gaussian noise only; give minima of the level you target", stacklevel=3)
 
     # ------------------------------------------------------------ state
     def state_paths(self):
