@@ -81,14 +81,9 @@ def _train(args) -> int:
 
         model_cfg = load_model(args.init, device="cpu").net.config  # width and depth come from the checkpoint
         elements = model_cfg.elements
-        if args.features and args.features != model_cfg.features:
-            raise UserError(f"--features {args.features}: --init {args.init} has {model_cfg.features}; "
-                            "a fine-tune keeps the checkpoint's width")
-        if args.blocks and args.blocks < model_cfg.blocks:
-            raise UserError(f"--blocks {args.blocks}: --init {args.init} has {model_cfg.blocks}; "
-                            "a run may add blocks to a checkpoint, not drop them")
-        if args.blocks:
-            model_cfg = ModelConfig(**{**model_cfg.todict(), "blocks": args.blocks})
+        # unless asked for; init_from then refuses another width or fewer blocks
+        asked = {k: v for k, v in (("features", args.features), ("blocks", args.blocks)) if v}
+        model_cfg = ModelConfig(**{**model_cfg.todict(), **asked})
     if args.elements:
         from ase.data import atomic_numbers
 

@@ -136,15 +136,13 @@ def make_inputs(schedule: NoiseSchedule, numbers, x0, disp, mol, n_mol, is_mmff,
     sig_g = torch.where(t_g > 0, sigma_tab[t_g], torch.zeros(n_mol, dtype=torch.float64))
     d2 = torch.zeros(n_mol, dtype=torch.float64).index_add_(0, mol, (disp.double() ** 2).sum(-1))
     sig_tot = torch.sqrt(lam.double() ** 2 * d2 / dof + sig_g**2)
+    # the deviation scale the input is labelled with: its own, or lam * sigma_{mmff_step} (plus the extra noise)
+    sig_read = sig_tot if mmff_step == 0 else torch.sqrt((lam.double() * float(sigma_tab[mmff_step])) ** 2 + sig_g**2)
+    t_mmff = schedule.t_for_sigma(sig_read).clamp(1, T)
     loss_scale = torch.ones(n_mol, dtype=torch.float64)
     if mmff_step > 0:
-        sig_read = torch.sqrt((lam.double() * float(sigma_tab[mmff_step])) ** 2 + sig_g**2)
-        t_mmff = schedule.t_for_sigma(sig_read).clamp(1, T)
         scale = (sigma_tab[t_mmff] / sig_tot.clamp(min=float(sigma_tab[1]))) ** 2
         loss_scale = torch.where(is_mmff, scale.clamp(max=1.0), loss_scale)  # never above a Gaussian input's
-    else:
-        sig_read = sig_tot
-        t_mmff = schedule.t_for_sigma(sig_tot).clamp(1, T)
     t = torch.where(is_mmff, t_mmff, t)
     sigma_target = torch.where(is_mmff, sig_read.clamp(min=float(sigma_tab[1])), sigma_tab[t])
 

@@ -152,6 +152,7 @@ class Trainer:
 
     # data is loaded lazily so that resume() can check the run before the slow part
     def ensure_data(self):
+        loading = self.data is None
         if self.data is None and self.cfg.data.endswith(".npz"):
             self._xtb_dataset()
         if self.data is None:
@@ -174,6 +175,7 @@ class Trainer:
             self.val = TrainingData(*sub(val_sel))
             if np.any(self.data.ms.ids % 10 == 0):
                 raise ValueError("training data contains QM9 test-split molecules (Index % 10 == 0)")
+        if loading:
             self._warn_without_mmff()
 
     def check_data(self) -> None:
@@ -207,7 +209,6 @@ class Trainer:
         if not len(parts["train"]) or not len(parts["val"]):
             raise ValueError(f"{self.cfg.data}: needs molecules in both the 'train' and 'val' splits")
         self.data, self.val = parts["train"], parts["val"]
-        self._warn_without_mmff()
 
     def _warn_without_mmff(self) -> None:
         if self.cfg.mmff_fraction > 0 and not len(self.data.mmff_ids) and self.rank == 0:
@@ -274,7 +275,7 @@ class Trainer:
                                                      mmff_step=self.cfg.mmff_step)
         use_true_all = torch.rand(n_mol, generator=gen) < teacher_forcing
         # the small-t weight is for Gaussian inputs there; MMFF94 inputs presented at a small step keep theirs
-        low_t = (t <= self.cfg.low_t_max) & ~(is_mmff_mol if self.cfg.mmff_step else torch.zeros_like(is_mmff_mol))
+        low_t = (t <= self.cfg.low_t_max) & ~(is_mmff_mol & (self.cfg.mmff_step > 0))
         weight = torch.where(low_t, self.cfg.low_t_weight, 1.0).float() * loss_scale
         weight_all = weight[mol].sum()  # normaliser over the whole batch, the same on every rank
         n_mol_all = n_mol
