@@ -70,6 +70,15 @@ def positive_int(text: str) -> int:
     return value
 
 
+def _steps(text: str) -> int | list[int]:
+    """'80' -> 80, '40,120' -> [40, 120]; range checks are TrainConfig's."""
+    try:
+        steps = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: whole numbers separated by commas (e.g. 80 or 40,120)") from None
+    return steps[0] if len(steps) == 1 else steps
+
+
 def _train(args) -> int:
     from .core.model import DEFAULT_ELEMENTS, ModelConfig
     from .training.trainer import TrainConfig, run_training
@@ -473,9 +482,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--low-t-weight", type=float, default=1.0, help="noise-loss weight of molecules at step "
                    "t <= --low-t-max, where relaxation ends (weights normalised per batch; 1 = plain mean)")
     t.add_argument("--low-t-max", type=int, default=50, help="the largest step --low-t-weight applies to")
-    t.add_argument("--mmff-step", type=int, default=0,
+    t.add_argument("--mmff-step", type=_steps, default=0, metavar="STEP[,STEP...]",
                    help="present MMFF94 inputs unshrunk at this step, where the time head reads real MMFF94 starts "
-                        "(e.g. 40), instead of shrunk at the step of their real deviation (0, the default)")
+                        "(e.g. 80), instead of shrunk at the step of their real deviation (0, the default); "
+                        "several steps (e.g. 40,120): each MMFF94 input draws one")
     t.add_argument("--local-minima", default=None, help="local_minima.npz (python -m ase_diffrelax.training."
                    "local_minima): MMFF94 inputs of a dataset.npz are built on each molecule's local minimum at "
                    "MMFF94's torsions; only molecules that have one get MMFF94 inputs")

@@ -61,8 +61,9 @@ def test_mmff_step_presents_mmff_inputs_unshrunk_at_that_step_with_exact_targets
     disp = 5 * disp  # ~0.25 A per coordinate, as MMFF94's from GFN2-xTB (the fake one is 0.05)
     is_mmff = torch.tensor([True] * 5 + [False] * 3)
     base = make_inputs(sched, numbers, x0, disp, mol, 8, is_mmff, torch.Generator().manual_seed(5))
-    x_t, t, eps, sigma, scale = make_inputs(sched, numbers, x0, disp, mol, 8, is_mmff,
-                                            torch.Generator().manual_seed(5), mmff_step=40)
+    x_t, t, eps, sigma, scale, presented = make_inputs(sched, numbers, x0, disp, mol, 8, is_mmff,
+                                                       torch.Generator().manual_seed(5), mmff_step=40)
+    assert torch.equal(presented, is_mmff) and not base[5].any()
     assert (t[is_mmff] <= 100).all() and (t[~is_mmff] == base[1][~is_mmff]).all()
     assert torch.equal(x_t[~is_mmff[mol]], base[0][~is_mmff[mol]]) and (base[4] == 1).all()
     sig_t = torch.as_tensor(sched.sigma, dtype=torch.float32)[t]
@@ -76,6 +77,32 @@ def test_mmff_step_presents_mmff_inputs_unshrunk_at_that_step_with_exact_targets
     # (the scale uses the extra noise's expected size, ``real`` its drawn one: equal within ~10 %)
     torch.testing.assert_close(scale[is_mmff], (sig_t[is_mmff] / real[is_mmff]) ** 2, rtol=0.15, atol=1e-6)
     assert (scale[~is_mmff] == 1).all()  # ... and its noise error is counted relative to it
+
+
+def test_several_mmff_steps_each_input_draws_one_of_them():
+    """--mmff-step 40,120: an MMFF94 input at full displacement (no extra noise) is labelled with the
+    sigma of the step it drew; a 0 among the steps leaves that input in the shrunk presentation."""
+    from ase_diffrelax.core.schedule import NoiseSchedule
+    from ase_diffrelax.training.noising import make_inputs
+
+    sched = NoiseSchedule(1000, 1e-5)
+    sig = torch.as_tensor(sched.sigma, dtype=torch.float64)
+    numbers, x0, disp, mol = _data().gather(np.arange(8))
+    is_mmff = torch.tensor([True] * 6 + [False] * 2)
+    seen = []
+    for seed in range(30):
+        out = make_inputs(sched, numbers, x0, 5 * disp, mol, 8, is_mmff, torch.Generator().manual_seed(seed),
+                          mmff_step=[40, 120])
+        assert torch.equal(out[5], is_mmff)
+        seen.append(out[3][is_mmff])
+    labels = torch.cat(seen)  # lam * sigma_step (+ extra noise) for every input
+    assert (labels <= sig[120] * 1.0001 + sig[99]).all()
+    for step in (40, 120):  # inputs at lam = 1 without extra noise carry exactly sigma_step
+        assert torch.isclose(labels, sig[step]).any()
+    out = make_inputs(sched, numbers, x0, 5 * disp, mol, 8, is_mmff, torch.Generator().manual_seed(1),
+                      mmff_step=[0, 40])
+    drew_zero = is_mmff & ~out[5]
+    assert drew_zero.any() and out[5].any() and (out[4][drew_zero] == 1).all()
 
 
 def test_mmff_starts_equal_to_their_references_are_no_noise_and_the_run_says_so(tmp_path):
@@ -334,7 +361,8 @@ def test_training_refuses_bad_data_naming_the_frame(tmp_path, capsys, damage, me
 @pytest.mark.parametrize("option,value", [("--lr-decay", "10:5"), ("--val-every", "0"), ("--ckpt-every", "0"),
                                           ("--steps", "-1"), ("--lr", "0"), ("--low-t-weight", "0"),
                                           ("--low-t-max", "0"), ("--local-fraction", "1.5"),
-                                          ("--mmff-step", "1000"), ("--mmff-step", "-1")])
+                                          ("--mmff-step", "1000"), ("--mmff-step", "-1"),
+                                          ("--mmff-step", "40,1000")])
 def test_training_refuses_impossible_numbers(tmp_path, capsys, option, value):
     from ase.io import write
 

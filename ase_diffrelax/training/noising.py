@@ -16,6 +16,8 @@
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 
@@ -112,16 +114,20 @@ def sample_gaussian_t(n: int, T: int, gen: torch.Generator) -> torch.Tensor:
     return lo + (torch.rand(n, generator=gen) * (hi - lo + 1)).long().clamp(max=(hi - lo))
 
 
-def make_inputs(schedule: NoiseSchedule, numbers, x0, disp, mol, n_mol, is_mmff, gen, mmff_step: int = 0):
-    """Noisy inputs, integer steps t, noise targets, the deviation scale sigma the time head regresses
-    and a per-molecule loss scale (1 except for ``mmff_step`` inputs), all per molecule but the first three.
+def make_inputs(schedule: NoiseSchedule, numbers, x0, disp, mol, n_mol, is_mmff, gen,
+                mmff_step: int | Sequence[int] = 0):
+    """Noisy inputs, integer steps t, noise targets, the deviation scale sigma the time head regresses,
+    a per-molecule loss scale (1 except for ``mmff_step`` inputs) and which molecules are MMFF94 inputs
+    presented at a step, all per molecule but the first three.
 
     ``mmff_step`` > 0 presents an MMFF94 input at the step inference reads it at: the full displacement
     counts as noise of sigma_{mmff_step} (lam * d as lam * sigma_{mmff_step}), so the input is shrunk by
     no more than sqrt(alpha_bar) of that small step (0.16 % at 40), as a real start is not shrunk at
     all, and the target eps = deviation / sigma_t holds the whole way to the minimum. Its noise error is
     rescaled by (sigma_t / real deviation)^2: errors count relative to the displacement, as in the
-    variance-preserving presentation, not in units of the much smaller sigma_t."""
+    variance-preserving presentation, not in units of the much smaller sigma_t. Several steps: each
+    MMFF94 input draws one of them (0 among them = that input in the variance-preserving presentation),
+    so one network learns the conformation a small step teaches and the energy a larger one does."""
     T = schedule.T
     sigma_tab = schedule.table("sigma", "cpu")
     ab_tab = schedule.table("alpha_bar", "cpu")
@@ -136,13 +142,15 @@ def make_inputs(schedule: NoiseSchedule, numbers, x0, disp, mol, n_mol, is_mmff,
     sig_g = torch.where(t_g > 0, sigma_tab[t_g], torch.zeros(n_mol, dtype=torch.float64))
     d2 = torch.zeros(n_mol, dtype=torch.float64).index_add_(0, mol, (disp.double() ** 2).sum(-1))
     sig_tot = torch.sqrt(lam.double() ** 2 * d2 / dof + sig_g**2)
-    # the deviation scale the input is labelled with: its own, or lam * sigma_{mmff_step} (plus the extra noise)
-    sig_read = sig_tot if mmff_step == 0 else torch.sqrt((lam.double() * float(sigma_tab[mmff_step])) ** 2 + sig_g**2)
+    steps = torch.as_tensor([mmff_step] if isinstance(mmff_step, int) else list(mmff_step), dtype=torch.long)
+    step = (steps.expand(n_mol) if len(steps) == 1
+            else steps[torch.randint(0, len(steps), (n_mol,), generator=gen)])
+    presented = is_mmff & (step > 0)
+    # the deviation scale the input is labelled with: its own, or lam * sigma_{step} (plus the extra noise)
+    sig_read = torch.where(step > 0, torch.sqrt((lam.double() * sigma_tab[step]) ** 2 + sig_g**2), sig_tot)
     t_mmff = schedule.t_for_sigma(sig_read).clamp(1, T)
-    loss_scale = torch.ones(n_mol, dtype=torch.float64)
-    if mmff_step > 0:
-        scale = (sigma_tab[t_mmff] / sig_tot.clamp(min=float(sigma_tab[1]))) ** 2
-        loss_scale = torch.where(is_mmff, scale.clamp(max=1.0), loss_scale)  # never above a Gaussian input's
+    scale = (sigma_tab[t_mmff] / sig_tot.clamp(min=float(sigma_tab[1]))) ** 2
+    loss_scale = torch.where(presented, scale.clamp(max=1.0), 1.0)  # never above a Gaussian input's
     t = torch.where(is_mmff, t_mmff, t)
     sigma_target = torch.where(is_mmff, sig_read.clamp(min=float(sigma_tab[1])), sigma_tab[t])
 
@@ -155,7 +163,7 @@ def make_inputs(schedule: NoiseSchedule, numbers, x0, disp, mol, n_mol, is_mmff,
     deviation = torch.where(is_mmff[a, None], mmff_part, gauss_part)
     x_t = sqrt_ab[a, None] * x0.double() + deviation
     eps = deviation / sig_t[a, None]
-    return x_t.float(), t, eps.float(), sigma_target, loss_scale.float()
+    return x_t.float(), t, eps.float(), sigma_target, loss_scale.float(), presented
 
 
 def subset_per_atom(ms: MoleculeSet, per_atom: np.ndarray, sel: np.ndarray) -> np.ndarray:

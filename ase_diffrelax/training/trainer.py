@@ -69,8 +69,9 @@ class TrainConfig:
     # on the global minimum otherwise, and molecules without one keep their global MMFF94 inputs
     local_fraction: float = 1.0
     # > 0: MMFF94 inputs presented unshrunk at this step, where the time head reads real starts
-    # (noising.make_inputs); 0: at the step of their real deviation, shrunk as a Gaussian input there
-    mmff_step: int = 0
+    # (noising.make_inputs); 0: at the step of their real deviation, shrunk as a Gaussian input there.
+    # A list: each MMFF94 input draws one of its steps.
+    mmff_step: int | list[int] = 0
     init: str = ""  # checkpoint (name or path) whose weights start the run; new elements get new rows
     compile: bool = False  # torch.compile the network's blocks: faster steps after a ~30 s warm-up
     # where the network runs: "auto" = CUDA when available. Noise and steps are drawn on the CPU from
@@ -82,12 +83,15 @@ class TrainConfig:
 def check_config(cfg: TrainConfig) -> None:
     """Numbers a run cannot use, refused before anything is loaded (one line each)."""
     whole = {"steps": 1, "batch_size": 1, "val_every": 1, "ckpt_every": 1, "val_molecules": 1, "plateau_patience": 1,
-             "threads": 0, "max_train_molecules": 0, "lr_decay_start": 0, "lr_decay_end": 0, "low_t_max": 1,
-             "mmff_step": 0}
+             "threads": 0, "max_train_molecules": 0, "lr_decay_start": 0, "lr_decay_end": 0, "low_t_max": 1}
     for name, low in whole.items():
         value = getattr(cfg, name)
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise ValueError(f"{name.replace('_', '-')} = {value!r}: must be a whole number >= {low}")
+    steps = cfg.mmff_step if isinstance(cfg.mmff_step, list) else [cfg.mmff_step]
+    if not steps or any(isinstance(s, bool) or not isinstance(s, int) or not 0 <= s < 1000 for s in steps):
+        raise ValueError(f"mmff-step = {cfg.mmff_step!r}: whole numbers in [0, 999], below the schedule's "
+                         "1000 steps (0 = off)")
     for name, low, high in (("lr", 0.0, 1.0), ("min_lr", 0.0, 1.0), ("mmff_fraction", 0.0, 1.0),
                             ("local_fraction", 0.0, 1.0),
                             ("teacher_forcing", 0.0, 1.0), ("ema_decay", 0.0, 1.0), ("grad_clip", 0.0, math.inf),
@@ -98,8 +102,6 @@ def check_config(cfg: TrainConfig) -> None:
             raise ValueError(f"{name.replace('_', '-')} = {value!r}: must lie in [{low}, {high}]")
     if cfg.lr <= 0:
         raise ValueError(f"lr = {cfg.lr!r}: must be > 0")
-    if cfg.mmff_step >= 1000:
-        raise ValueError(f"mmff-step = {cfg.mmff_step}: must be below the schedule's 1000 steps (0 = off)")
     if cfg.low_t_weight <= 0:
         raise ValueError(f"low-t-weight = {cfg.low_t_weight!r}: must be > 0")
     a, b = cfg.lr_decay_start, cfg.lr_decay_end
@@ -271,11 +273,11 @@ class Trainer:
         run on N ranks takes the same steps as one process with the same global batch."""
         numbers, x0, disp, mol, is_mmff_mol = batch
         n_mol = int(mol.max()) + 1
-        x_t, t, eps, sigma, loss_scale = make_inputs(self.schedule, numbers, x0, disp, mol, n_mol, is_mmff_mol, gen,
-                                                     mmff_step=self.cfg.mmff_step)
+        x_t, t, eps, sigma, loss_scale, presented = make_inputs(self.schedule, numbers, x0, disp, mol, n_mol,
+                                                                is_mmff_mol, gen, mmff_step=self.cfg.mmff_step)
         use_true_all = torch.rand(n_mol, generator=gen) < teacher_forcing
         # the small-t weight is for Gaussian inputs there; MMFF94 inputs presented at a small step keep theirs
-        low_t = (t <= self.cfg.low_t_max) & ~(is_mmff_mol & (self.cfg.mmff_step > 0))
+        low_t = (t <= self.cfg.low_t_max) & ~presented
         weight = torch.where(low_t, self.cfg.low_t_weight, 1.0).float() * loss_scale
         weight_all = weight[mol].sum()  # normaliser over the whole batch, the same on every rank
         n_mol_all = n_mol
@@ -423,6 +425,9 @@ class Trainer:
         return None
 
     def card(self, metrics: dict | None = None) -> dict:
+        steps = self.cfg.mmff_step if isinstance(self.cfg.mmff_step, list) else [self.cfg.mmff_step]
+        presentation = " or ".join(str(s) for s in steps) + (" (one drawn per input)" if len(steps) > 1 else "")
+        presentation = presentation if any(steps) else ""
         return {
             "name": Path(self.cfg.out).name,
             "description": "MoreRed-JT PaiNN denoiser (noise + time-step heads) for molecule relaxation",
@@ -430,8 +435,7 @@ class Trainer:
                 "data": (f"{self.cfg.data} (train split)" if self.cfg.data else
                          "QM9 (qm9pack) B3LYP/6-31G(2df,p) minima, train split (QM9 Index % 10 not in {0, 1})")
                         + (" + MMFF94 minima as structured noise" if self.cfg.mmff_fraction else "")
-                        + (f" presented at step {self.cfg.mmff_step}" if self.cfg.mmff_fraction and self.cfg.mmff_step
-                           else "")
+                        + (f" presented at step {presentation}" if self.cfg.mmff_fraction and presentation else "")
                         + (f" (on local minima at MMFF94 torsions, {self.cfg.local_minima}"
                            + (f", for a fraction {self.cfg.local_fraction:g} of them)" if self.cfg.local_fraction < 1
                               else ")")
