@@ -79,7 +79,7 @@ def test_mmff_step_presents_mmff_inputs_unshrunk_at_that_step_with_exact_targets
     assert (scale[~is_mmff] == 1).all()  # ... and its noise error is counted relative to it
 
 
-def test_several_mmff_steps_each_input_draws_one_of_them():
+def test_several_mmff_steps_each_input_draws_one_of_them(tmp_path):
     """--mmff-step 40,120: an MMFF94 input at full displacement (no extra noise) is labelled with the
     sigma of the step it drew; a 0 among the steps leaves that input in the shrunk presentation."""
     from ase_diffrelax.core.schedule import NoiseSchedule
@@ -103,6 +103,10 @@ def test_several_mmff_steps_each_input_draws_one_of_them():
                       mmff_step=[0, 40])
     drew_zero = is_mmff & ~out[5]
     assert drew_zero.any() and out[5].any() and (out[4][drew_zero] == 1).all()
+    data = _data()
+    tr = Trainer(TrainConfig(out=str(tmp_path / "run"), batch_size=4, model=TINY, steps=1, mmff_fraction=0.5,
+                             mmff_step=(40, 120)), data, data, progress=False)
+    assert "presented at step 40 or 120 (one drawn per input)" in tr.card()["training"]["data"]
 
 
 def test_mmff_starts_equal_to_their_references_are_no_noise_and_the_run_says_so(tmp_path):
