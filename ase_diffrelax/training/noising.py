@@ -114,6 +114,11 @@ def sample_gaussian_t(n: int, T: int, gen: torch.Generator) -> torch.Tensor:
     return lo + (torch.rand(n, generator=gen) * (hi - lo + 1)).long().clamp(max=(hi - lo))
 
 
+def mmff_steps(mmff_step: int | Sequence[int]) -> list[int]:
+    """``--mmff-step`` as a list: one step (an int) or several (each MMFF94 input draws one)."""
+    return list(mmff_step) if isinstance(mmff_step, (list, tuple)) else [mmff_step]
+
+
 def make_inputs(schedule: NoiseSchedule, numbers, x0, disp, mol, n_mol, is_mmff, gen,
                 mmff_step: int | Sequence[int] = 0):
     """Noisy inputs, integer steps t, noise targets, the deviation scale sigma the time head regresses,
@@ -142,7 +147,7 @@ def make_inputs(schedule: NoiseSchedule, numbers, x0, disp, mol, n_mol, is_mmff,
     sig_g = torch.where(t_g > 0, sigma_tab[t_g], torch.zeros(n_mol, dtype=torch.float64))
     d2 = torch.zeros(n_mol, dtype=torch.float64).index_add_(0, mol, (disp.double() ** 2).sum(-1))
     sig_tot = torch.sqrt(lam.double() ** 2 * d2 / dof + sig_g**2)
-    steps = torch.as_tensor([mmff_step] if isinstance(mmff_step, int) else list(mmff_step), dtype=torch.long)
+    steps = torch.as_tensor(mmff_steps(mmff_step), dtype=torch.long)
     step = (steps.expand(n_mol) if len(steps) == 1
             else steps[torch.randint(0, len(steps), (n_mol,), generator=gen)])
     presented = is_mmff & (step > 0)

@@ -29,7 +29,7 @@ from ..core.model import Denoiser, ModelConfig, molecule_pairs, remove_mean
 from ..files import atomic_save_tensors, atomic_write_json
 from .data import load_qm9, mmff_starts
 from .distributed import ShardLoss, any_rank, barrier, distributed_context, from_rank0
-from .noising import TrainingData, make_inputs, subset_per_atom
+from .noising import TrainingData, make_inputs, mmff_steps, subset_per_atom
 from .state import init_from, load_optimizer, optimizer_tensors
 
 
@@ -88,7 +88,7 @@ def check_config(cfg: TrainConfig) -> None:
         value = getattr(cfg, name)
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise ValueError(f"{name.replace('_', '-')} = {value!r}: must be a whole number >= {low}")
-    steps = list(cfg.mmff_step) if isinstance(cfg.mmff_step, (list, tuple)) else [cfg.mmff_step]
+    steps = mmff_steps(cfg.mmff_step)
     if not steps or any(isinstance(s, bool) or not isinstance(s, int) or not 0 <= s < 1000 for s in steps):
         raise ValueError(f"mmff-step = {cfg.mmff_step!r}: whole numbers in [0, 999], below the schedule's "
                          "1000 steps (0 = off)")
@@ -425,7 +425,7 @@ class Trainer:
         return None
 
     def card(self, metrics: dict | None = None) -> dict:
-        steps = list(self.cfg.mmff_step) if isinstance(self.cfg.mmff_step, (list, tuple)) else [self.cfg.mmff_step]
+        steps = mmff_steps(self.cfg.mmff_step)
         presentation = " or ".join(str(s) for s in steps) + (" (one drawn per input)" if len(steps) > 1 else "")
         presentation = presentation if any(steps) else ""
         return {
