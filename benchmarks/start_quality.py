@@ -17,6 +17,9 @@ on PATH), ``diffusion:NAME`` for any checkpoint name or path (policy ``jt``), ``
 dataset's GFN2-xTB minimum: dE 0 unless a hand-off route found a lower one; wall from the build).
 Diagnostic: ``diffusion-at-min:NAME`` starts the sampler at the GFN2-xTB minimum itself; where it
 ends says how precisely the checkpoint knows the minimum (its floor), apart from the way there.
+``diffusion-raw:NAME`` is the model's own output, without the X-H guard (``chem.hydrogens``)
+that ``diffusion:NAME`` applies as users get it; its rows share the cache keys that
+``diffusion:NAME`` had before the guard existed (session 21); ``diffusion-at-min`` runs without it.
 Every molecule-method result is cached in ``benchmarks/cache/start_quality_moses.jsonl`` (keyed by
 the checkpoint's weights hash), so a killed run resumes and a new checkpoint adds only its rows.
 
@@ -110,7 +113,11 @@ class Scorer:
                 "rmsd_all": self.rmsd_all(positions), "rmsd_heavy": self.rmsd_heavy(positions[self.heavy])}
 
 
-def diffusion_rows(model_name: str, mols, batch: int = 16, at_minimum: bool = False) -> dict[int, dict]:
+DIFFUSION = ("diffusion:", "diffusion-at-min:", "diffusion-raw:")
+
+
+def diffusion_rows(model_name: str, mols, batch: int = 16, at_minimum: bool = False,
+                   restore_hydrogens: bool = True) -> dict[int, dict]:
     """Diffusion starts of ``mols`` in batches; positions, steps and wall per molecule (batch wall / n).
     ``at_minimum``: start at the GFN2-xTB minimum itself instead of MMFF94's (the model's own floor)."""
     from ase_diffrelax import load_model, relax_many
@@ -122,7 +129,8 @@ def diffusion_rows(model_name: str, mols, batch: int = 16, at_minimum: bool = Fa
         chunk = mols[k:k + batch]
         starts = [a.copy() if at_minimum else mmff_start(a) for a in chunk]
         t0 = time.perf_counter()
-        res = relax_many(starts, model=model, progress=False, batch_size=batch, unseen_bonds="relax", on_error="skip")
+        res = relax_many(starts, model=model, progress=False, batch_size=batch, unseen_bonds="relax", on_error="skip",
+                         restore_hydrogens=restore_hydrogens)
         wall = (time.perf_counter() - t0) / len(chunk)
         for a, r in zip(chunk, res):
             out[int(a.info["id"])] = {"positions": r.atoms.positions, "steps": r.steps, "status": r.status,
@@ -131,12 +139,26 @@ def diffusion_rows(model_name: str, mols, batch: int = 16, at_minimum: bool = Fa
 
 
 def method_key(method: str) -> str:
-    if not method.startswith(("diffusion:", "diffusion-at-min:")):
+    """Cache key of a method: a checkpoint's weights hash, and whether the X-H guard was on."""
+    if not method.startswith(DIFFUSION):
         return method
     from ase_diffrelax import load_model
     from ase_diffrelax.evaluation import model_hash
 
-    return f"{method}_{model_hash(load_model(method.split(':', 1)[1], device='cpu'))}"
+    kind, name = method.split(":", 1)
+    digest = model_hash(load_model(name, device="cpu"))
+    if kind == "diffusion-raw":
+        return f"diffusion:{name}_{digest}"
+    return f"{method}_{digest}_{guard_key()}" if kind == "diffusion" else f"{method}_{digest}"
+
+
+def guard_key() -> str:
+    """Names the X-H guard's ranges, so rows measured under other ranges are not reused."""
+    import hashlib
+
+    from ase_diffrelax.chem import hydrogens
+
+    return "h" + hashlib.sha1(repr((hydrogens.XH_RANGE, hydrogens.SP_CH_RANGE)).encode()).hexdigest()[:6]
 
 
 def run(part: str, n: int, methods: list[str], data: Path = DATA, log=print) -> dict:
@@ -166,8 +188,9 @@ def run(part: str, n: int, methods: list[str], data: Path = DATA, log=print) -> 
             rows.pop(method)
             continue
         done_before = len(mols) - len(todo)
-        diffused = diffusion_rows(method.split(":", 1)[1], todo, at_minimum=method.startswith("diffusion-at-min:")) \
-            if method.startswith(("diffusion:", "diffusion-at-min:")) and todo else {}
+        diffused = diffusion_rows(method.split(":", 1)[1], todo, at_minimum=method.startswith("diffusion-at-min:"),
+                                  restore_hydrogens=method.startswith("diffusion:")) \
+            if method.startswith(DIFFUSION) and todo else {}
         for k, a in enumerate(todo):
             ident = int(a.info["id"])
             s = scorer(a)
@@ -276,7 +299,8 @@ def main(argv=None) -> None:
                    help="val: tuning; test, test_scaffolds: reporting; train: the fit diagnostic (molecules the "
                    "drug-like checkpoints trained on, their MMFF94 starts included: a train-val gap says data limits)")
     p.add_argument("--n", type=int, default=200)
-    p.add_argument("--methods", default=DEFAULT_METHODS, help="comma list: mmff, gfnff, diffusion:NAME, xtb-opt")
+    p.add_argument("--methods", default=DEFAULT_METHODS,
+                   help="comma list: mmff, gfnff, diffusion:NAME, diffusion-raw:NAME, xtb-opt")
     p.add_argument("--out", default=None, help="JSON report")
     p.add_argument("--plot", default=None, help="Pareto plot (PNG)")
     p.add_argument("--markdown", action="store_true")

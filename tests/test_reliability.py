@@ -724,6 +724,7 @@ def test_merge_is_lossless_across_formats_and_refuses_a_file_that_is_not_a_shard
                 else [a.info for a in read(tmp_path / out, ":")])
         assert sorted(int(r["input_index"]) for r in rows) == list(range(20))
         assert all(int(r["diffusion_steps"]) > 0 and r["status"] for r in rows)
+        assert all(int(r["diffusion_hydrogens_restored"]) >= 0 for r in rows)  # the X-H guard's count survives
     r = cli("merge", str(tmp_path / "s0.extxyz"), "-o", str(tmp_path / "all.db"), check=2)
     assert "--overwrite" in r.stderr
     write(tmp_path / "plain.extxyz", [molecule("H2O")])

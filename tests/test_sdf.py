@@ -77,6 +77,7 @@ def test_sdf_round_trip_through_shards_resume_and_merge_keeps_bonds_names_proper
         assert b.GetProp("vendor_id") == a.GetProp("vendor_id") and b.GetDoubleProp("pIC50") == a.GetDoubleProp("pIC50")
         assert b.GetProp("status") == "converged" and b.GetProp("diffusion_model") == "qm9-painn128-jt"
         assert b.HasProp("diffusion_level_of_theory") and b.HasProp("diffusion_t")
+        assert b.GetIntProp("diffusion_hydrogens_restored") >= 0
         a_h = Chem.AddHs(a) if k % 10 == 3 else a  # the 2D record gained explicit hydrogens, in RDKit's order
         assert bond_orders(b) == bond_orders(a_h)
         assert Chem.MolToSmiles(Chem.RemoveHs(b)) == Chem.MolToSmiles(Chem.RemoveHs(a))

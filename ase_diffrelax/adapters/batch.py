@@ -27,7 +27,8 @@ class RelaxResult:
 def relax_many(atoms_list, *, model=None, policy: Policy | str = "jt", batch_size: int | None = None,
                device=None, progress: bool = True, seed: int | None = 0, trajectory: str | None = None,
                on_error: str = "raise", swap_every: int | None = None, compile: bool = False,
-               seeds=None, labels=None, unseen_bonds: str = "skip") -> list[RelaxResult]:
+               seeds=None, labels=None, unseen_bonds: str = "skip",
+               restore_hydrogens: bool = True) -> list[RelaxResult]:
     """Relax many molecules (any sizes) in one streaming batch; inputs are never modified.
 
     Molecule k uses noise seed ``seed + k`` so that its path does not depend on batch
@@ -43,7 +44,9 @@ def relax_many(atoms_list, *, model=None, policy: Policy | str = "jt", batch_siz
     structure (default "structure k"). A molecule with a bond type the checkpoint never saw in
     training (a thiol's S-H for the drug-like one) is returned unmoved with status
     "unseen_bonds" and the reason, as ``run_pipeline`` skips diffusion for it; ``unseen_bonds="relax"``
-    relaxes it anyway (with a warning).
+    relaxes it anyway (with a warning). ``restore_hydrogens``: an X-H bond the model left out of
+    its range (a methyl's hydrogens pulled toward its axis) is put back (``chem.hydrogens``; the
+    count is ``info["diffusion_hydrogens_restored"]``); False returns the model's own output.
     """
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
@@ -90,7 +93,7 @@ def relax_many(atoms_list, *, model=None, policy: Policy | str = "jt", batch_siz
 
         bar = tqdm(total=sum(len(v) for v in groups.values()), desc="relax", unit="mol", mininterval=1)
     for m, todo in groups.items():
-        sampler = Sampler(m, policy, record=trajectory is not None)
+        sampler = Sampler(m, policy, record=trajectory is not None, restore_hydrogens=restore_hydrogens)
         molecules = [Molecule(atoms_list[k].numbers, atoms_list[k].positions, fixed_mask(atoms_list[k]),
                               seeds[k] if seeds is not None else None if seed is None else seed + k) for k in todo]
         outcomes, _ = sampler.run(molecules, batch_size=batch_size or default_batch_size(sampler.device),
@@ -100,7 +103,8 @@ def relax_many(atoms_list, *, model=None, policy: Policy | str = "jt", batch_siz
             out = atoms.copy()
             out.set_positions(oc.positions, apply_constraint=False)
             out.info.update(diffusion_t=oc.t_hat, diffusion_t_used=oc.t_used, diffusion_steps=oc.steps,
-                            diffusion_status=oc.status, diffusion_model=m.name,
+                            diffusion_status=oc.status, diffusion_hydrogens_restored=oc.hydrogens_restored,
+                            diffusion_model=m.name,
                             diffusion_level_of_theory=m.level_of_theory, diffusion_model_verified=m.verified)
             topo = topology_change(atoms.numbers, atoms.positions, out.positions)
             status, reason = oc.status, oc.reason

@@ -53,6 +53,8 @@ class DiffusionRelax(Optimizer):
         gives the same coordinates.
     on_topology_change: "warn" (flag in ``atoms.info`` and the log), "raise"
         (TopologyChangedError, input positions restored) or "revert" (keep the input).
+    restore_hydrogens: put X-H bonds the model left out of range back at the end (default;
+        ``info["diffusion_hydrogens_restored"]`` counts them); False keeps the model's output.
 
     ``run(fmax=..., steps=...)``: ``fmax`` is accepted for drop-in compatibility with ASE
     optimizers and ignored; the run stops when the policy converges, after ``steps``
@@ -64,12 +66,12 @@ class DiffusionRelax(Optimizer):
 
     def __init__(self, atoms, restart=None, logfile="-", trajectory=None, append_trajectory=False, *,
                  model=None, policy: Policy | str = "jt", seed: int | None = 0, device=None,
-                 on_topology_change: str = "warn"):
+                 on_topology_change: str = "warn", restore_hydrogens: bool = True):
         if on_topology_change not in ("warn", "raise", "revert"):
             raise ValueError(f"on_topology_change must be 'warn', 'raise' or 'revert', not {on_topology_change!r}")
         self.model = load_model(model if model is not None else choose_model([atoms]), device=device)
         check_for_model(atoms, self.model)
-        self.sampler = Sampler(self.model, policy)
+        self.sampler = Sampler(self.model, policy, restore_hydrogens=restore_hydrogens)
         self.policy = self.sampler.policy
         self.seed = seed
         self.on_topology_change = on_topology_change
@@ -103,10 +105,13 @@ class DiffusionRelax(Optimizer):
             b.move_to(0, pos)  # an observer or a constraint moved the atoms: continue from there
         self.sampler.step(b)
         code = int(b.status[0])
-        self.atoms.set_positions(b.positions(0))  # ASE constraints apply here
+        outcome = b.outcome(0)
+        self.atoms.set_positions(outcome.positions)  # ASE constraints apply here
         self._last_set = self.atoms.get_positions()
         self.atoms.info.update(diffusion_t=float(b.t_hat[0]), diffusion_t_used=int(b.t_used[0]),
-                               diffusion_status=b.outcome(0).status, diffusion_model=self.model.name,
+                               diffusion_status=outcome.status,
+                               diffusion_hydrogens_restored=outcome.hydrogens_restored,
+                               diffusion_model=self.model.name,
                                diffusion_level_of_theory=self.model.level_of_theory,
                                diffusion_model_verified=self.model.verified)
         if code != RUNNING:
@@ -115,8 +120,8 @@ class DiffusionRelax(Optimizer):
             else:
                 # ASE's loop continues while not converged and below max_steps: end it here
                 self.max_steps = self.nsteps + 1
-                reason = b.outcome(0).reason or f"stopped at {self.policy.max_steps} diffusion steps"
-                warnings.warn(f"DiffusionRelax: {b.outcome(0).status}: {reason}", stacklevel=4)
+                reason = outcome.reason or f"stopped at {self.policy.max_steps} diffusion steps"
+                warnings.warn(f"DiffusionRelax: {outcome.status}: {reason}", stacklevel=4)
         self.dump(self._restart_data())
 
     def gradient_converged(self, gradient=None):
@@ -186,6 +191,8 @@ class DiffusionRelax(Optimizer):
             setattr(b, k, torch.as_tensor(np.asarray(data[k]), device=old.device).to(old.dtype))
         b.generators[0].set_state(torch.tensor(data["rng"], dtype=torch.uint8))
         self.input_positions = np.asarray(data["input_positions"])
+        # the run's own input, not the atoms it resumes from: the X-H guard and a divergence refer to it
+        b.x_input = torch.as_tensor(self.input_positions, dtype=b.x_input.dtype, device=b.x_input.device)
         self.nsteps = data["nsteps"]
         self.atoms.set_positions(b.positions(0))
         self._last_set = self.atoms.get_positions()

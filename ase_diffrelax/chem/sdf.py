@@ -11,7 +11,8 @@ import numpy as np
 
 # properties every relaxed record gets (prefix keeps them apart from the user's own)
 RESULT_PROPS = ("input_index", "status", "reason", "diffusion_model", "diffusion_level_of_theory", "diffusion_t",
-                "diffusion_steps", "topology_changed", "removed_fragments", "smiles_relaxed")
+                "diffusion_steps", "diffusion_hydrogens_restored", "topology_changed", "removed_fragments",
+                "smiles_relaxed")
 
 
 def iter_sdf(path: str):

@@ -4,7 +4,8 @@ Every step, for all molecules in flight at once: ``denoise`` gives t_hat; the po
 into the step t to denoise at and the step t_next to move to; the schedule moves x from t to
 t_next (DDPM ancestral for eta = 1, deterministic DDIM for eta = 0). A molecule stops when
 the step it would denoise at is <= the policy's threshold, or at ``max_steps``; its last
-denoised estimate is returned.
+denoised estimate is returned, with X-H bonds the model left out of range put back
+(``chem.hydrogens``; ``restore_hydrogens=False`` returns the model's own output).
 
 The molecules in flight live in one ``Batch`` of flat tensors; a step makes no per-molecule
 host round trip, so a GPU is not starved. ``run`` swaps finished molecules out (and waiting
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from ..chem.hydrogens import restore_hydrogen_lengths
 from .denoise import denoise
 from .model import molecule_pairs, remove_mean, scatter_sum
 from .policy import Policy, calibrated, make_policy
@@ -49,6 +51,7 @@ class Outcome:
     t_used: int  # last step denoised at
     reason: str = ""
     history: list = field(default_factory=list)  # (positions, t_hat, t_used) per step when recorded
+    hydrogens_restored: int = 0  # X-H bonds put back in range at the end (chem.hydrogens)
 
 
 def _per_molecule_max(values: torch.Tensor, mol: torch.Tensor, n_mol: int) -> torch.Tensor:
@@ -59,9 +62,10 @@ def _per_molecule_max(values: torch.Tensor, mol: torch.Tensor, n_mol: int) -> to
 class Batch:
     """Molecules in flight as flat tensors: atom rows grouped by molecule (``mol``)."""
 
-    def __init__(self, molecules: list[Molecule], ids: list[int], device):
+    def __init__(self, molecules: list[Molecule], ids: list[int], device, restore_hydrogens: bool = True):
         dev = torch.device(device)
         self.device = dev
+        self.restore_hydrogens = restore_hydrogens
         self.ids = list(ids)  # caller's index of each molecule
         self.sizes = [len(m.numbers) for m in molecules]
         n_mol = len(molecules)
@@ -101,18 +105,28 @@ class Batch:
 
     def positions(self, k: int = 0) -> np.ndarray:
         """Current best estimate of molecule ``k`` in its input frame (float64)."""
+        return self._estimate(k)[0]
+
+    def _estimate(self, k: int) -> tuple[np.ndarray, int]:
+        """(positions, X-H bonds restored): a finished molecule's X-H bonds that left their range
+        are put back (``chem.hydrogens``) unless the batch was made with ``restore_hydrogens=False``."""
         sel = self.mol == k
         x = self.x_out[sel].double()
         fixed = self.fixed[sel]
         x_in = self.x_input[sel]
-        if bool(self.status[k] == DIVERGED):
-            return x_in.cpu().numpy()
+        code = int(self.status[k])
+        if code == DIVERGED:
+            return x_in.cpu().numpy(), 0
         if fixed.any():
             x = x + (x_in[fixed] - x[fixed]).mean(0)
             x[fixed] = x_in[fixed]
         else:
             x = x + self.origin[k]
-        return x.cpu().numpy()
+        x = x.cpu().numpy()
+        if self.restore_hydrogens and code in (CONVERGED, MAX_STEPS):
+            return restore_hydrogen_lengths(self.numbers[sel].cpu().numpy(), x_in.cpu().numpy(), x,
+                                            movable=~fixed.cpu().numpy())
+        return x, 0
 
     def move_to(self, k: int, positions: np.ndarray) -> None:
         """Continue molecule ``k`` from new positions (an observer or a constraint moved it)."""
@@ -128,8 +142,9 @@ class Batch:
         if code == DIVERGED:
             reason = ("the denoising step left the physical range (non-finite coordinates or an atom more than "
                       f"{float(self.max_radius[k]):.0f} A from the centre); input positions kept")
-        return Outcome(self.positions(k), STATUS[code], int(self.steps[k]), float(self.t_hat[k]),
-                       int(self.t_used[k]), reason, self.history[k])
+        positions, restored = self._estimate(k)
+        return Outcome(positions, STATUS[code], int(self.steps[k]), float(self.t_hat[k]),
+                       int(self.t_used[k]), reason, self.history[k], restored)
 
     def select(self, keep: list[int]) -> "Batch":
         """A new Batch holding only molecules ``keep`` (positions in this batch), state carried over."""
@@ -140,6 +155,7 @@ class Batch:
         remap = torch.full((len(self),), -1, dtype=torch.long, device=dev)
         remap[keep_t] = torch.arange(len(keep), device=dev)
         new.device = dev
+        new.restore_hydrogens = self.restore_hydrogens
         new.ids = [self.ids[k] for k in keep]
         new.sizes = [self.sizes[k] for k in keep]
         for name in ("numbers", "x_input", "x", "fixed", "x_out"):
@@ -158,6 +174,7 @@ class Batch:
             return b
         new = object.__new__(Batch)
         new.device = a.device
+        new.restore_hydrogens = a.restore_hydrogens
         new.ids = a.ids + b.ids
         new.sizes = a.sizes + b.sizes
         for name in ("numbers", "x_input", "x", "fixed", "x_out", "origin", "max_radius", "t_sched", "t_used",
@@ -174,7 +191,7 @@ class Sampler:
     """Reverse diffusion for many molecules at once with one Policy (calibrated once, here)."""
 
     def __init__(self, model, policy: Policy | str = "jt", *, device=None, final_denoise: bool = True,
-                 record: bool = False):
+                 record: bool = False, restore_hydrogens: bool = True):
         from .checkpoint import load_model
 
         self.model = load_model(model, device=device)
@@ -182,11 +199,13 @@ class Sampler:
         self.policy = calibrated(make_policy(policy), self.model.card)
         self.final_denoise = final_denoise
         self.record = record  # keep (positions, t_hat, t_used) of every step per molecule
+        self.restore_hydrogens = restore_hydrogens  # the X-H guard on finished molecules (chem.hydrogens)
         self.n_evals = 0
         self.progress_interval_s = 1.0  # a progress bar's step count is refreshed this often
 
     def batch(self, molecules: list[Molecule], ids: list[int] | None = None) -> Batch:
-        return Batch(molecules, list(range(len(molecules))) if ids is None else ids, self.device)
+        return Batch(molecules, list(range(len(molecules))) if ids is None else ids, self.device,
+                     self.restore_hydrogens)
 
     @torch.no_grad()
     def step(self, b: Batch) -> None:

@@ -553,7 +553,9 @@ def _relax_collection(input_path, output_path, *, shard, resume, model, policy, 
             else:
                 reason = r.reason.removeprefix(f"{label}: ")
                 atoms, kv["status"], kv["reason"] = r.atoms, r.status, reason
-                kv.update(diffusion_steps=r.steps, diffusion_model=r.atoms.info.get("diffusion_model"),
+                kv.update(diffusion_steps=r.steps,
+                          diffusion_hydrogens_restored=int(r.atoms.info.get("diffusion_hydrogens_restored", 0)),
+                          diffusion_model=r.atoms.info.get("diffusion_model"),
                           diffusion_level_of_theory=r.atoms.info.get("diffusion_level_of_theory"),
                           diffusion_t=float(r.t_hat) if np.isfinite(r.t_hat) else None,
                           topology_changed=bool(r.topology.get("changed")))
