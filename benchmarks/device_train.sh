@@ -14,6 +14,9 @@
 # drug-like dataset with a cosine schedule that ends inside the budget, and leaves best/last
 # checkpoints (safetensors + card; no training state: it would exceed the 16 MiB a file may bring
 # back) and the log under $OUT/run. Measure them here with benchmarks/start_quality.py.
+# INIT=moses-painn128-jt8 instead continues a shipped checkpoint with its own recipe (MMFF94 inputs
+# at step 80, 64x small-t weight, lr 1e-4) at a GPU-size batch (BATCH, default 512): session 21
+# measured that twice the batch at half the learning rate gained twice what batch 32 did.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PARK=.device_park
@@ -47,20 +50,26 @@ train)
         export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
     fi
     export PYTHONPATH=$PWD:${PYTHONPATH:-} PYTHONUNBUFFERED=1
-    FEATURES=${FEATURES:-256} BLOCKS=${BLOCKS:-4} BATCH=${BATCH:-128} BUDGET_S=${BUDGET_S:-420}
-    DEVICE=${DEVICE:-cuda} PROBE=${PROBE:-300}
+    INIT=${INIT:-} BUDGET_S=${BUDGET_S:-420} DEVICE=${DEVICE:-cuda} PROBE=${PROBE:-300}
     nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
-    common=(--data data/moses_xtb/dataset.npz --batch-size "$BATCH" --features "$FEATURES" --blocks "$BLOCKS"
-            --elements H,C,N,O,F,S,Cl,Br --mmff-fraction 0.6 --low-t-weight 16 --val-molecules 200
-            --device "$DEVICE" --compile --no-progress --seed 11)
+    if [ -n "$INIT" ]; then
+        BATCH=${BATCH:-512} LR=${LR:-1e-4}
+        common=(--data data/moses_xtb/dataset.npz --batch-size "$BATCH" --init "$INIT" --mmff-fraction 0.6
+                --mmff-step 80 --low-t-weight 64 --val-molecules 200 --device "$DEVICE" --compile --no-progress --seed 47)
+    else
+        FEATURES=${FEATURES:-256} BLOCKS=${BLOCKS:-4} BATCH=${BATCH:-128} LR=${LR:-5e-4}
+        common=(--data data/moses_xtb/dataset.npz --batch-size "$BATCH" --features "$FEATURES" --blocks "$BLOCKS"
+                --elements H,C,N,O,F,S,Cl,Br --mmff-fraction 0.6 --low-t-weight 16 --val-molecules 200
+                --device "$DEVICE" --compile --no-progress --seed 11)
+    fi
     rm -rf /tmp/probe
-    python3 -m ase_diffrelax.cli train "${common[@]}" --out /tmp/probe --steps "$PROBE" --val-every "$PROBE" --lr 5e-4
+    python3 -m ase_diffrelax.cli train "${common[@]}" --out /tmp/probe --steps "$PROBE" --val-every "$PROBE" --lr "$LR"
     # the trainer's wall_s counts the steps (the compile warm-up included), not loading or validation
     rate=$(python3 -c "import json, sys; print(f'{int(sys.argv[1]) / json.load(open(sys.argv[2]))[\"wall_s\"]:.2f}')" \
         "$PROBE" /tmp/probe/state.json)
     steps=$(python3 -c "import sys; print(max(100, int(float(sys.argv[1]) * int(sys.argv[2]) / 100) * 100))" "$rate" "$BUDGET_S")
     echo "probe: $rate steps/s -> $steps steps in ${BUDGET_S}s" | tee "$OUT/plan.txt"
-    python3 -m ase_diffrelax.cli train "${common[@]}" --out "$OUT/run" --steps "$steps" --lr 5e-4 \
+    python3 -m ase_diffrelax.cli train "${common[@]}" --out "$OUT/run" --steps "$steps" --lr "$LR" \
         --lr-decay "0:$steps" --val-every $((steps / 5)) --stop-after "$BUDGET_S"
     rm -f "$OUT/run/state.safetensors" "$OUT/run/state.json" "$OUT/run/.lock"
     ls -la "$OUT/run"

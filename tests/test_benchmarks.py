@@ -222,3 +222,30 @@ def test_vp_start_benchmark_shows_which_time_heads_read_the_shrink():
     assert med["t_hat_100"] == med["t_hat_300"] == med["t_hat_hat"]  # the input, not the asked step, decides
     new = vp_start.oneshot("moses-painn128-jt6", "val", 3, [100, 300])["median"]
     assert new["t_hat_hat"] > med["t_hat_hat"] + 10 and new["t_hat_300_vp"] < 150
+
+
+def test_sella_calls_relates_calls_to_start_energy_from_the_matrix_cache(tmp_path):
+    """Calls that grow with the start's energy give a positive correlation and rising bins; the
+    pair comparison counts a checkpoint that starts lower but needs more calls as 'more'."""
+    import json
+
+    from ase_diffrelax.evaluation import KCAL_MOL_PER_EV
+    from benchmarks.sella_calls import analyse
+
+    rows = []
+    for k in range(12):
+        mol, e_min = f"test_{k}", -100.0 - k
+        for start, model, dE, calls in (("mmff", None, 6.0 + k, 20 + k), ("diffusion", "A", 0.2 + 0.4 * k, 5 + k),
+                                        ("diffusion", "B", 0.1 + 0.4 * k, 7 + k + (k % 3))):
+            rows.append({"level": "xtb", "route": "sella", "mol": mol, "start": start, "model": model, "n_atoms": 20 + k,
+                         "calls": calls, "e_start": e_min + dE / KCAL_MOL_PER_EV, "e_end": e_min, "bonds_changed": False})
+    path = tmp_path / "cache.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    report = analyse(("A", "B"), path)
+    assert report["molecules"] == 12
+    assert report["starts"]["A"]["rho_calls_start_dE"] > 0.99
+    assert abs(report["starts"]["A"]["start_dE_median"] - (0.2 + 0.4 * 5.5)) < 1e-6
+    medians = [b["calls_median"] for b in report["bins"] if b["n"]]
+    assert medians == sorted(medians) and len(medians) >= 4
+    assert report["pair"]["fewer"] == 0 and report["pair"]["more"] == 12
+    assert report["pair"]["dE_change_median"] < 0
