@@ -169,6 +169,9 @@ def _write(args, grid, score, fitted_on, rule):
     print("chosen:", json.dumps({k: cal[k] for k in ("t_scale", "t_scale_cap")}))
     if not args.dry_run:
         card = json.loads(Path(args.card).read_text())
+        finish = card.get("time_calibration", {}).get("finish")
+        if finish is not None:  # the grid was measured with the card's finish in place: it stays
+            cal["finish"] = finish
         card["time_calibration"] = cal
         write_card(Path(args.card), card)
     return cal

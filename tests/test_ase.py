@@ -228,19 +228,26 @@ def test_cli_relax_batch_with_trajectories(tiny_model, tmp_path):
         np.testing.assert_allclose(traj[-1].positions, out[k].positions, atol=1e-6)
 
 
-def test_restart_file_continues_the_same_path(tiny_model, tmp_path):
-    start = noisy(seed=11)
+@pytest.mark.parametrize("policy", ["itp:eta=1", "jt:hold_t=30+hold_steps=3+polish_steps=2"])
+def test_restart_file_continues_the_same_path(tiny_model, tmp_path, policy):
+    """Stopped after a few steps (for the finish: two evaluations before the end, inside it) and
+    resumed from the restart file, the run ends where an uninterrupted one does."""
+    start = noisy(seed=11, sigma=0.05 if policy.startswith("itp") else 0.3)
     full = start.copy()
-    DiffusionRelax(full, model=tiny_model, policy="itp:eta=1", seed=5, logfile=None).run()
+    whole = DiffusionRelax(full, model=tiny_model, policy=policy, seed=5, logfile=None)
+    whole.run()
+    stop = 3 if policy.startswith("itp") else whole.nsteps - 2
     part = start.copy()
-    opt = DiffusionRelax(part, model=tiny_model, policy="itp:eta=1", seed=5, logfile=None,
+    opt = DiffusionRelax(part, model=tiny_model, policy=policy, seed=5, logfile=None,
                          restart=str(tmp_path / "r.json"))
-    opt.run(steps=3)
-    assert opt.nsteps == 3
+    opt.run(steps=stop)
+    assert opt.nsteps == stop
+    if "hold" in policy:
+        assert int(opt.batch.finish_pass[0]) >= 0  # stopped inside the finish
     resumed = part.copy()
-    opt2 = DiffusionRelax(resumed, model=tiny_model, policy="itp:eta=1", seed=5, logfile=None,
+    opt2 = DiffusionRelax(resumed, model=tiny_model, policy=policy, seed=5, logfile=None,
                           restart=str(tmp_path / "r.json"))
-    assert opt2.nsteps == 3
+    assert opt2.nsteps == stop
     assert opt2.run()
     np.testing.assert_allclose(resumed.positions, full.positions, atol=1e-5)
 

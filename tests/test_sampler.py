@@ -163,3 +163,46 @@ def test_compiled_batch_relaxation_matches_eager_and_leaves_the_shared_model_alo
         np.testing.assert_allclose(a.atoms.positions, b.atoms.positions, atol=1e-4)
     assert load_model(tiny_model, compile=True) is tiny_model.compiled()
     assert tiny_model.net.interactions[0]._compiled_call_impl is None  # the shared model stays eager
+
+
+def test_finish_holds_then_polishes_after_arrival_and_leaves_clean_starts_alone(tiny_model):
+    """Arriving at t <= hold_t, a molecule is denoised hold_steps times at hold_t, then polish_steps
+    times at its own t_hat, then returned; one read as clean on its first evaluation gets no finish."""
+    pol = make_policy("jt:hold_t=30+hold_steps=3+polish_steps=2")
+    assert (pol.arrive_t, pol.finish_passes) == (30, 5)
+    paths, batch = trace(Sampler(tiny_model, pol), diffused_states(150))
+    plain_paths, _ = trace(Sampler(tiny_model, "jt"), diffused_states(150))
+    finished = 0
+    for k, (path, plain) in enumerate(zip(paths, plain_paths)):
+        assert batch.outcome(k).status == "converged"
+        ts = [t for t, _ in path]
+        if ts[0] <= 30:  # read as clean at once: the policy alone, exactly as without a finish
+            assert path == plain
+            continue
+        finished += 1
+        arrival = next(i for i, t in enumerate(ts) if t <= 30)
+        assert ts[:arrival + 1] == [t for t, _ in plain[:arrival + 1]]  # the same descent until arrival
+        assert ts[arrival + 1:arrival + 4] == [30, 30, 30] and len(ts) == arrival + 6
+        assert ts[-2:] == [int(round(th)) for _, th in path[-2:]]  # polish at the head's own reading
+    assert finished >= 3
+
+
+def test_finish_comes_from_the_card_for_jt_only_and_is_checked(tiny_model, tmp_path):
+    from ase_diffrelax.core.card import CardError, check_card
+    from ase_diffrelax.core.checkpoint import LoadedModel
+
+    finish = {"hold_t": 30, "hold_steps": 6, "polish_steps": 2}
+    card = {**tiny_model.card, "time_calibration": {"t_scale": 1.0, "finish": finish}}
+    m = LoadedModel(tiny_model.net, tiny_model.schedule, card, tiny_model.path)
+    pol = Sampler(m, "jt").policy
+    assert (pol.hold_t, pol.hold_steps, pol.polish_steps) == (30, 6, 2)
+    assert Sampler(m, "jt:polish_steps=0").policy.polish_steps == 0  # the caller's word wins
+    assert Sampler(m, "itp").policy.finish_passes == 0  # measured with jt: not applied to other policies
+    assert Sampler(tiny_model, "jt").policy.finish_passes == 0  # a card without one: no finish
+    with pytest.raises(ValueError, match="needs hold_t"):
+        make_policy("jt:hold_steps=3")
+    with pytest.raises(ValueError, match="polish_steps"):
+        make_policy("jt:polish_steps=-1")
+    bad = {**card, "time_calibration": {"finish": {"hold_t": 30, "hold_steps": 2.5}}}
+    with pytest.raises(CardError, match="finish.hold_steps"):
+        check_card(bad, "x")

@@ -1,7 +1,7 @@
 """``DiffusionRelax``: an ASE Optimizer whose step is one reverse-diffusion step.
 
-Convergence is the denoiser's predicted step reaching the policy's threshold, not a force
-criterion, so, as Sella does, only ``step``, ``converged`` (via ``gradient_converged``) and
+Convergence is the denoiser's predicted step reaching the policy's threshold (then the policy's
+finish, ``core.policy``), not a force criterion, so, as Sella does, only ``step``, ``converged`` (via ``gradient_converged``) and
 ``log`` are overridden; ASE's own ``irun``/``run`` drive the loop. No calculator is needed:
 the optimizable this optimizer hands to ASE reports a zero gradient and never calls one.
 """
@@ -145,7 +145,10 @@ class DiffusionRelax(Optimizer):
         else:
             t_cols = f"{float(b.t_hat[0]):8.2f} {int(b.t_used[0]):6d}"
         status = self.status
-        if status == "converged" and self.nsteps > 0:  # t_hat may sit above it: the schedule bounds t_used
+        if status == "converged" and self.nsteps > 0 and int(b.finish_pass[0]) >= 0:
+            pol = self.policy
+            status += f" (finish: {pol.hold_steps} at t {pol.hold_t}, {pol.polish_steps} at t_hat)"
+        elif status == "converged" and self.nsteps > 0:  # t_hat may sit above it: the schedule bounds t_used
             status += f" (t_used {int(b.t_used[0])} <= threshold {self.policy.threshold})"
         if self.topology is not None and self.topology["changed"]:
             status += f" TOPOLOGY CHANGED ({describe(self.topology)})"
@@ -171,7 +174,7 @@ class DiffusionRelax(Optimizer):
         warnings.warn(msg, stacklevel=5)
 
     # ------------------------------------------------------------ restart
-    _STATE = ("x", "x_out", "origin", "t_sched", "t_used", "t_hat", "steps", "status")
+    _STATE = ("x", "x_out", "origin", "t_sched", "t_used", "t_hat", "steps", "status", "finish_pass")
 
     def _restart_data(self):
         b = self.batch
@@ -187,6 +190,8 @@ class DiffusionRelax(Optimizer):
         data = self.load()
         b = self.batch
         for k in self._STATE:
+            if k == "finish_pass" and k not in data:  # a restart file from before the finish existed
+                continue
             old = getattr(b, k)
             setattr(b, k, torch.as_tensor(np.asarray(data[k]), device=old.device).to(old.dtype))
         b.generators[0].set_state(torch.tensor(data["rng"], dtype=torch.uint8))

@@ -62,6 +62,15 @@ def check_card(card: dict, label: str) -> ModelConfig:
             _number(calib["t_scale"], float, 1e-3, 1e3, f"{label}: time_calibration.t_scale")
         if "t_scale_cap" in calib:
             _number(calib["t_scale_cap"], int, 1, 100_000, f"{label}: time_calibration.t_scale_cap")
+        finish = calib.get("finish")
+        if finish is not None:  # the jt policy's finish measured for these weights (core.policy)
+            if not isinstance(finish, dict):
+                raise CardError(f"{label}: time_calibration.finish must be a table")
+            for name, low in (("hold_t", 0), ("hold_steps", 0), ("polish_steps", 0)):
+                if name in finish:
+                    _number(finish[name], int, low, 1000, f"{label}: time_calibration.finish.{name}")
+            if finish.get("hold_steps") and not finish.get("hold_t"):
+                raise CardError(f"{label}: time_calibration.finish.hold_steps needs hold_t")
     return ModelConfig(**fields)
 
 

@@ -39,6 +39,12 @@ class Policy:
     max_steps: model evaluations per molecule at most (diffusion steps, never optimizer steps).
     t_scale, t_scale_cap: time-head calibration, denoise at min(t_scale * t_hat,
         max(t_hat, t_scale_cap)); None = the checkpoint card's ``time_calibration``.
+    hold_t, hold_steps, polish_steps: the finish. A molecule arriving at t <= max(threshold, hold_t)
+        is denoised ``hold_steps`` times at the fixed step ``hold_t`` and then ``polish_steps`` times
+        at the time head's own t_hat, each time replacing x by x0_hat, then returned. Stepping down the
+        schedule from ~20 leaves the coherent part of an MMFF94 start's deviation in place; iterating
+        the denoiser at a fixed step keeps moving it (docs/policies.md). None = the card's
+        ``time_calibration.finish`` (off when the card has none).
     """
 
     name = "base"
@@ -50,6 +56,9 @@ class Policy:
     max_steps: int = 1000
     t_scale: float | None = None
     t_scale_cap: int | None = None
+    hold_t: int | None = 0
+    hold_steps: int | None = 0
+    polish_steps: int | None = 0
 
     def __post_init__(self):
         """Every option in its allowed range, checked when the policy is built (not deep in a run)."""
@@ -61,6 +70,21 @@ class Policy:
             _check(self, "t_scale", 0.0, 100.0, low_open=True)
         if self.t_scale_cap is not None:
             _check(self, "t_scale_cap", 0, MAX_T, integer=True)
+        for name, high in (("hold_t", MAX_T), ("hold_steps", 1000), ("polish_steps", 1000)):
+            if getattr(self, name) is not None:
+                _check(self, name, 0, high, integer=True)
+        if self.hold_steps and not self.hold_t:
+            raise ValueError(f"policy {self.name!r}: hold_steps={self.hold_steps} needs hold_t (the step to hold at)")
+
+    @property
+    def finish_passes(self) -> int:
+        """Evaluations after arrival: hold passes, then polish passes."""
+        return (self.hold_steps or 0) + (self.polish_steps or 0)
+
+    @property
+    def arrive_t(self) -> int:
+        """A molecule whose step falls to this is finished (or, with a finish, starts it)."""
+        return max(self.threshold, self.hold_t or 0) if self.hold_steps else self.threshold
 
     def current_t(self, t_hat: torch.Tensor, t_sched: torch.Tensor, first: torch.Tensor,
                   t_prev: torch.Tensor) -> torch.Tensor:
@@ -115,6 +139,10 @@ class AdaptivePolicy(Policy):
     # t may not rise: each step denoises at most at (1 - min_decay) x the last step's t, so
     # every molecule converges. 0 = off.
     min_decay: float = 0.05
+    # the finish comes from the checkpoint card (measured with this policy), unless given
+    hold_t: int | None = None
+    hold_steps: int | None = None
+    polish_steps: int | None = None
 
     def __post_init__(self):
         super().__post_init__()
@@ -227,13 +255,18 @@ def make_policy(policy: Policy | str = "jt", **options) -> Policy:
 
 
 def calibrated(policy: Policy, card: dict | None) -> Policy:
-    """A copy of ``policy`` whose unset time calibration comes from the model card (none: 1.0)."""
+    """A copy of ``policy`` whose unset time calibration and finish come from the model card
+    (none: t_scale 1.0, no finish)."""
     cal = (card or {}).get("time_calibration", {})
     fill = {}
     if policy.t_scale is None:
         fill["t_scale"] = float(cal.get("t_scale", 1.0))
     if policy.t_scale_cap is None:
         fill["t_scale_cap"] = int(cal.get("t_scale_cap", 1000))
+    finish = cal.get("finish", {})
+    for name in ("hold_t", "hold_steps", "polish_steps"):
+        if getattr(policy, name) is None:
+            fill[name] = int(finish.get(name, 0))
     return replace(policy, **fill) if fill else policy
 
 

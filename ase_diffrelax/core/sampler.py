@@ -27,6 +27,7 @@ from .policy import Policy, calibrated, make_policy
 
 RUNNING, CONVERGED, MAX_STEPS, DIVERGED = 0, 1, 2, 3
 STATUS = {RUNNING: "running", CONVERGED: "converged", MAX_STEPS: "max_steps", DIVERGED: "diverged"}
+NOT_FINISHING, PLAIN = -1, -2  # Batch.finish_pass before the finish, and for a molecule that gets none
 
 
 @dataclass
@@ -91,6 +92,8 @@ class Batch:
         self.t_hat = torch.full((n_mol,), float("nan"), device=dev)
         self.steps = torch.zeros(n_mol, dtype=torch.long, device=dev)
         self.status = torch.zeros(n_mol, dtype=torch.long, device=dev)
+        # finish passes done (Policy.hold_steps, polish_steps); NOT_FINISHING before, PLAIN: never
+        self.finish_pass = torch.full((n_mol,), NOT_FINISHING, dtype=torch.long, device=dev)
         self.x_out = self.x.clone()  # the estimate handed back: x0_hat at convergence, else x
         self.generators = []
         for m in molecules:
@@ -161,7 +164,7 @@ class Batch:
         for name in ("numbers", "x_input", "x", "fixed", "x_out"):
             setattr(new, name, getattr(self, name)[atom_keep])
         new.mol = remap[self.mol[atom_keep]]
-        for name in ("origin", "max_radius", "t_sched", "t_used", "t_hat", "steps", "status"):
+        for name in ("origin", "max_radius", "t_sched", "t_used", "t_hat", "steps", "status", "finish_pass"):
             setattr(new, name, getattr(self, name)[keep_t])
         new.generators = [self.generators[k] for k in keep]
         new.history = [self.history[k] for k in keep]
@@ -178,7 +181,7 @@ class Batch:
         new.ids = a.ids + b.ids
         new.sizes = a.sizes + b.sizes
         for name in ("numbers", "x_input", "x", "fixed", "x_out", "origin", "max_radius", "t_sched", "t_used",
-                     "t_hat", "steps", "status"):
+                     "t_hat", "steps", "status", "finish_pass"):
             setattr(new, name, torch.cat([getattr(a, name), getattr(b, name)]))
         new.mol = torch.cat([a.mol, b.mol + len(a)])
         new.generators = a.generators + b.generators
@@ -217,12 +220,20 @@ class Sampler:
         running = b.status == RUNNING
         first = b.steps == 0
         t_prev = b.t_used.clamp(min=0)
+        n_pass, n_hold = pol.finish_passes, pol.hold_steps or 0
+        finishing = b.finish_pass >= 0
+
+        def choose_t(th):
+            t = pol.current_t(pol.calibrate(th), b.t_sched, first, t_prev)
+            if n_pass:  # the finish: hold passes at hold_t, then polish passes at the head's own t_hat
+                t_pass = torch.where(b.finish_pass < n_hold, torch.full_like(th, pol.hold_t or 0), th)
+                t = torch.where(finishing, t_pass, t)
+            return t
+
         # a policy may place the start on its noise scale (FixedPolicy.vp_start); no host sync per step
         b.x = pol.start(b.x, (first & running)[mol], sched)
-        out = denoise(net, sched, b.numbers, b.x, mol, n_mol,
-                      lambda th: pol.current_t(pol.calibrate(th), b.t_sched, first, t_prev), pairs=b.pairs)
+        out = denoise(net, sched, b.numbers, b.x, mol, n_mol, choose_t, pairs=b.pairs)
         t_cur = out.t
-        converged_now = t_cur <= pol.threshold
         t_next = pol.next_t(t_cur)
         noise = None
         if pol.eta > 0:
@@ -231,8 +242,8 @@ class Sampler:
             noise = remove_mean(noise, mol, n_mol)
         x_new = remove_mean(sched.step(b.x, t_cur[mol], t_next[mol], out.eps, pol.eta, noise), mol, n_mol)
         # held atoms keep their (centred) input positions
-        x_new = torch.where(b.fixed.unsqueeze(-1), (b.x_input - b.origin[mol]).float(), x_new)
-        x_new = remove_mean(x_new, mol, n_mol)
+        held = (b.x_input - b.origin[mol]).float()
+        x_new = remove_mean(torch.where(b.fixed.unsqueeze(-1), held, x_new), mol, n_mol)
         self.n_evals += 1
 
         finite = scatter_sum((~torch.isfinite(out.x0_hat).all(-1) | ~torch.isfinite(x_new).all(-1)).long(),
@@ -240,8 +251,26 @@ class Sampler:
         reach = _per_molecule_max(torch.maximum(torch.nan_to_num(out.x0_hat, nan=0.0).norm(dim=-1),
                                                 torch.nan_to_num(x_new, nan=0.0).norm(dim=-1)), mol, n_mol)
         diverged = running & ~(finite & (reach <= b.max_radius))
-        conv = running & ~diverged & converged_now
-        moving = running & ~diverged & ~converged_now
+        ok = running & ~diverged
+        if n_pass:
+            # read as clean on its first evaluation: no finish (held or polished, a structure already
+            # at a minimum drifts off it; docs/policies.md), the policy alone as before
+            plain = (b.finish_pass == PLAIN) | (first & (t_cur <= pol.arrive_t))
+            done_plain = ok & plain & (t_cur <= pol.threshold)
+            # arriving or finishing: x becomes x0_hat; the last pass's x0_hat is the answer
+            passing = ok & ~plain & (finishing | (t_cur <= pol.arrive_t))
+            done_pass = torch.where(finishing, b.finish_pass + 1, torch.zeros_like(b.finish_pass))
+            conv = (passing & (done_pass >= n_pass)) | done_plain
+            moving = ok & ~passing & ~done_plain
+            x_pass = remove_mean(torch.where(b.fixed.unsqueeze(-1), held, out.x0_hat), mol, n_mol)
+            pass_atoms = (passing & ~conv)[mol].unsqueeze(-1)
+            b.x = torch.where(pass_atoms, x_pass, b.x)
+            b.x_out = torch.where(pass_atoms, x_pass, b.x_out)
+            b.finish_pass = torch.where(passing, done_pass, torch.where(plain, PLAIN, b.finish_pass))
+        else:
+            plain = running
+            conv = ok & (t_cur <= pol.threshold)
+            moving = ok & ~conv
 
         b.steps = b.steps + running.long()
         b.t_hat = torch.where(running, out.t_hat, b.t_hat)
@@ -255,7 +284,10 @@ class Sampler:
         status = torch.where(diverged, DIVERGED, b.status)
         status = torch.where(conv, CONVERGED, status)
         if pol.scheduled:  # scheduled policies know they have arrived: no extra evaluation needed
-            status = torch.where(moving & (t_next <= pol.threshold), CONVERGED, status)
+            status = torch.where(moving & plain & (t_next <= pol.threshold), CONVERGED, status)
+            if n_pass:
+                to_finish = moving & ~plain & (t_next <= pol.arrive_t)
+                b.finish_pass = torch.where(to_finish, torch.zeros_like(b.finish_pass), b.finish_pass)
         status = torch.where((status == RUNNING) & (b.steps >= pol.max_steps), MAX_STEPS, status)
         b.status = status
         if self.record:
