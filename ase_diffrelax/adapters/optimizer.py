@@ -2,8 +2,9 @@
 
 Convergence is the denoiser's predicted step reaching the policy's threshold (then the policy's
 finish, ``core.policy``), not a force criterion, so, as Sella does, only ``step``, ``converged``
-(via ``gradient_converged``) and ``log`` are overridden; ASE's own ``irun``/``run`` drive the loop. No calculator is needed:
-the optimizable this optimizer hands to ASE reports a zero gradient and never calls one.
+(via ``gradient_converged``) and ``log`` are overridden; ASE's own ``irun``/``run`` drive the
+loop. No calculator is needed: the optimizable this optimizer hands to ASE reports a zero
+gradient and never calls one.
 """
 from __future__ import annotations
 
