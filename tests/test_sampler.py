@@ -134,11 +134,16 @@ def test_vp_start_shows_the_network_the_start_shrunk_as_a_training_input_at_t0(t
     assert int(b.t_used[0]) == 150
 
 
-def test_batch_results_do_not_depend_on_batch_size_or_swap_interval(tiny_model):
-    """The tensor batch, swapping molecules in and out, gives every molecule the path it has alone."""
-    mols = diffused_states(80, seed=3, n=8)
-    sampler = Sampler(tiny_model, make_policy("itp", eta=1.0))
+@pytest.mark.parametrize("policy", ["itp:eta=1", "jt:hold_t=30+hold_steps=3+polish_steps=2"])
+def test_batch_results_do_not_depend_on_batch_size_or_swap_interval(tiny_model, policy):
+    """The tensor batch, swapping molecules in and out, gives every molecule the path it has alone
+    (with a finish: molecules in it and molecules still descending share batches)."""
+    mols = diffused_states(80 if policy.startswith("itp") else 150, seed=3, n=8)
+    sampler = Sampler(tiny_model, make_policy(policy))
     alone = [sampler.run([m], batch_size=1)[0][0] for m in mols]
+    if "hold" in policy:  # some went through the finish: their paths differ from plain jt's
+        plain = [Sampler(tiny_model, "jt").run([m], batch_size=1)[0][0] for m in mols]
+        assert any(o.steps != p.steps for o, p in zip(alone, plain))
     for batch_size, swap_every in [(3, 1), (8, 1), (5, 3)]:
         together, _ = sampler.run(mols, batch_size=batch_size, swap_every=swap_every)
         for a, b in zip(alone, together):
