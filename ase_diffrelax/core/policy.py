@@ -43,8 +43,8 @@ class Policy:
         is denoised ``hold_steps`` times at the fixed step ``hold_t`` and then ``polish_steps`` times
         at the time head's own t_hat, each time replacing x by x0_hat, then returned. Stepping down the
         schedule from ~20 leaves the coherent part of an MMFF94 start's deviation in place; iterating
-        the denoiser at a fixed step keeps moving it (docs/policies.md). None = the card's
-        ``time_calibration.finish`` (off when the card has none).
+        the denoiser at a fixed step keeps moving it (docs/policies.md). 0 = off (the default);
+        ``jt`` leaves them None = the card's ``time_calibration.finish`` (off when it has none).
     """
 
     name = "base"
