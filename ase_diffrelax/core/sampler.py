@@ -268,7 +268,7 @@ class Sampler:
             b.x_out = torch.where(pass_atoms, x_pass, b.x_out)
             b.finish_pass = torch.where(passing, done_pass, torch.where(plain, PLAIN, b.finish_pass))
         else:
-            plain = running
+            plain = running  # without a finish every molecule ends where the policy says
             conv = ok & (t_cur <= pol.threshold)
             moving = ok & ~conv
 
