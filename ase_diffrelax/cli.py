@@ -111,6 +111,8 @@ def _train(args) -> int:
         low_t_weight=args.low_t_weight, low_t_max=args.low_t_max, mmff_step=args.mmff_step,
         local_minima=args.local_minima or "",
         local_fraction=args.local_fraction, device=args.device,
+        self_starts=args.self_starts or "", self_fraction=args.self_fraction, self_step=args.self_step,
+        self_weight=args.self_weight,
     )
     trainer = run_training(cfg, resume=args.resume, progress=not args.no_progress, stop_after_s=args.stop_after)
     print(json.dumps(trainer.history[-1] if trainer.history else {"step": trainer.step}))
@@ -492,6 +494,15 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--local-fraction", type=float, default=1.0, help="with --local-minima: the probability an "
                    "MMFF94 input is built on the local minimum rather than the global one (below 1, molecules "
                    "without a local minimum keep their MMFF94 inputs)")
+    t.add_argument("--self-starts", default=None, help="self_starts.npz (python -m ase_diffrelax.training."
+                   "self_starts): a checkpoint's own ends from the training molecules' MMFF94 starts, used as "
+                   "starts for a fraction of the MMFF94 inputs, toward the minimum")
+    t.add_argument("--self-fraction", type=float, default=0.5, help="with --self-starts: the probability an "
+                   "MMFF94 input of a molecule that has a self start uses it")
+    t.add_argument("--self-step", type=int, default=30, help="with --self-starts: the step they are presented at "
+                   "(the step the finish holds at)")
+    t.add_argument("--self-weight", type=float, default=1.0, help="with --self-starts: their noise-loss weight "
+                   "relative to an MMFF94 input's")
     t.add_argument("--val-every", type=int, default=1000, help="steps between validations")
     t.add_argument("--ckpt-every", type=int, default=250, help="steps between saved training states")
     t.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")

@@ -47,3 +47,17 @@ def tiny_model(tmp_path_factory):
     from ase_diffrelax import load_model
 
     return load_model(out / "run" / "best")
+
+
+@pytest.fixture(scope="session")
+def xtb_dataset(tmp_path_factory):
+    """A five-molecule ``ase-diffrelax dataset`` build (GFN2-xTB minima, MMFF94 starts): one val, four train."""
+    pytest.importorskip("tblite")
+    from ase_diffrelax.training.xtb_dataset import BuildProtocol, assemble, build_dataset
+
+    root = tmp_path_factory.mktemp("xtb_ds")
+    entries = [(k, s, "val" if k == 0 else "train") for k, s in enumerate(["CCO", "CCCO", "OCCCC", "CC(=O)OC", "CCN"])]
+    build_dataset(entries, root / "ds", protocol=BuildProtocol(optimizer="tblite-lbfgs", fmax=0.05, accept_fmax=0.06),
+                  log=lambda m: None)
+    assemble(root / "ds")
+    return root / "ds" / "dataset.npz"

@@ -8,15 +8,8 @@ pytest.importorskip("tblite")
 
 
 @pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    from ase_diffrelax.training.xtb_dataset import BuildProtocol, assemble, build_dataset
-
-    root = tmp_path_factory.mktemp("lm")
-    entries = [(k, s, "val" if k == 0 else "train") for k, s in enumerate(["CCO", "CCCO", "OCCCC", "CC(=O)OC", "CCN"])]
-    build_dataset(entries, root / "ds", protocol=BuildProtocol(optimizer="tblite-lbfgs", fmax=0.05, accept_fmax=0.06),
-                  log=lambda m: None)
-    assemble(root / "ds")
-    return root / "ds" / "dataset.npz"
+def dataset(xtb_dataset):
+    return xtb_dataset
 
 
 def test_local_minima_lie_between_the_minimum_and_the_mmff_start_and_resume(dataset, tmp_path):

@@ -105,9 +105,9 @@ def assemble(data, out, split: str = "train") -> dict:
 
 def load_local_minima(path) -> dict[int, np.ndarray]:
     """id -> local-minimum positions, from an assembled ``local_minima.npz``."""
-    with np.load(path, allow_pickle=False) as f:
-        o = f["offsets"]
-        return {int(m): f["positions"][o[k]:o[k + 1]].astype(np.float64) for k, m in enumerate(f["ids"])}
+    with np.load(path, allow_pickle=False) as f:  # each f[key] reads the whole array: once each
+        o, pos, ids = f["offsets"], f["positions"], f["ids"]
+    return {int(m): pos[o[k]:o[k + 1]].astype(np.float64) for k, m in enumerate(ids)}
 
 
 def main(argv=None) -> None:

@@ -38,7 +38,8 @@ class TrainingData:
     draws per input which base it uses (``gather``'s ``local_mask``)."""
 
     def __init__(self, ms: MoleculeSet, mmff: np.ndarray | None, max_mmff_rmsd: float = 1.0,
-                 local_minima: dict[int, np.ndarray] | None = None, local_fraction: float = 1.0):
+                 local_minima: dict[int, np.ndarray] | None = None, local_fraction: float = 1.0,
+                 self_starts: dict[int, np.ndarray] | None = None, self_fraction: float = 0.0):
         self.ms = ms
         self.local_fraction = local_fraction if local_minima is not None else 0.0
         self.x0 = ms.positions.astype(np.float64).copy()
@@ -67,12 +68,45 @@ class TrainingData:
                 self.local_disp[a:b], self.has_local[m] = displacement(mmff[a:b], self.local_base[a:b])
         self.disp[~np.repeat(self.has_global, np.diff(ms.offsets))] = 0.0
         self.has_mmff = self.has_local.copy() if self.local_fraction >= 1 else self.has_global | self.has_local
+        self._add_self_starts(self_starts or {}, self_fraction if self_starts else 0.0, displacement)
         self.x0 = self.x0.astype(np.float32)
         self.disp = self.disp.astype(np.float32)
         if self.local_base is not None:
             self.local_base = self.local_base.astype(np.float32)
             self.local_disp = self.local_disp.astype(np.float32)
+        if self.self_disp is not None:
+            self.self_disp = self.self_disp.astype(np.float32)
         self.mmff_ids = np.nonzero(self.has_mmff)[0]
+
+    def _add_self_starts(self, starts: dict[int, np.ndarray], fraction: float, displacement) -> None:
+        """A model's ends as a second kind of MMFF input (``training/self_starts.py``): the displacement
+        from the global minimum, used for a fraction of the MMFF inputs of molecules that have one."""
+        self.self_fraction = fraction
+        self.has_self = np.zeros(len(self.ms), dtype=bool)
+        self.self_disp = None
+        if not fraction:
+            return
+        o = self.ms.offsets
+        self.self_disp = np.zeros_like(self.disp)
+        for m in range(len(self.ms)):
+            x = starts.get(int(self.ms.ids[m]))
+            if x is None or len(x) != o[m + 1] - o[m] or not np.isfinite(x).all():
+                continue
+            d, self.has_self[m] = displacement(x, self.x0[o[m]:o[m + 1]].astype(np.float64))
+            if self.has_self[m]:
+                self.self_disp[o[m]:o[m + 1]] = d
+        self.has_mmff = self.has_mmff | self.has_self  # self starts count as MMFF inputs (drawn in the same share)
+
+    def draw_self(self, mol_ids: np.ndarray, mmff_mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Which MMFF inputs of a batch start from the model's end instead: with probability
+        ``self_fraction`` where one exists, always where the molecule has no usable MMFF94 start.
+        Draws nothing when off, so runs without self starts keep their random streams."""
+        if not self.self_fraction:
+            return np.zeros(len(mol_ids), dtype=bool)
+        has_self = self.has_self[mol_ids]
+        usable_mmff = self.has_local[mol_ids] if self.local_fraction >= 1 else (
+            self.has_global[mol_ids] | self.has_local[mol_ids])
+        return mmff_mask & has_self & ((rng.random(len(mol_ids)) < self.self_fraction) | ~usable_mmff)
 
     def __len__(self):
         return len(self.ms)
@@ -87,8 +121,9 @@ class TrainingData:
             return mmff_mask & has_local
         return mmff_mask & has_local & ((rng.random(len(mol_ids)) < self.local_fraction) | ~has_global)
 
-    def gather(self, mol_ids: np.ndarray, local_mask: np.ndarray | None = None):
-        """Atoms of ``mol_ids``; x0 and the displacement are the local minimum's where ``local_mask`` says so."""
+    def gather(self, mol_ids: np.ndarray, local_mask: np.ndarray | None = None, self_mask: np.ndarray | None = None):
+        """Atoms of ``mol_ids``; x0 and the displacement are the local minimum's where ``local_mask`` says so,
+        the displacement is the model's end's (on the global minimum) where ``self_mask`` does."""
         o = self.ms.offsets
         idx = np.concatenate([np.arange(o[m], o[m + 1]) for m in mol_ids])
         sizes = o[mol_ids + 1] - o[mol_ids]
@@ -98,6 +133,10 @@ class TrainingData:
             rows = np.repeat(local_mask, sizes)[:, None]
             x0 = np.where(rows, self.local_base[idx], x0)
             disp = np.where(rows, self.local_disp[idx], disp)
+        if self.self_disp is not None and self_mask is not None and self_mask.any():
+            rows = np.repeat(self_mask, sizes)[:, None]
+            x0 = np.where(rows, self.x0[idx], x0)
+            disp = np.where(rows, self.self_disp[idx], disp)
         return (
             torch.from_numpy(self.ms.numbers[idx].astype(np.int64)),
             torch.from_numpy(x0),
@@ -120,7 +159,7 @@ def mmff_steps(mmff_step: int | Sequence[int]) -> list[int]:
 
 
 def make_inputs(schedule: NoiseSchedule, numbers, x0, disp, mol, n_mol, is_mmff, gen,
-                mmff_step: int | Sequence[int] = 0):
+                mmff_step: int | Sequence[int] = 0, step_override: torch.Tensor | None = None):
     """Noisy inputs, integer steps t, noise targets, the deviation scale sigma the time head regresses,
     a per-molecule loss scale (1 except for ``mmff_step`` inputs) and which molecules are MMFF94 inputs
     presented at a step, all per molecule but the first three.
@@ -132,7 +171,9 @@ def make_inputs(schedule: NoiseSchedule, numbers, x0, disp, mol, n_mol, is_mmff,
     rescaled by (sigma_t / real deviation)^2: errors count relative to the displacement, as in the
     variance-preserving presentation, not in units of the much smaller sigma_t. Several steps: each
     MMFF94 input draws one of them (0 among them = that input in the variance-preserving presentation),
-    so one network learns the conformation a small step teaches and the energy a larger one does."""
+    so one network learns the conformation a small step teaches and the energy a larger one does.
+    ``step_override`` (per molecule, 0 = none): the step a molecule's MMFF input is presented at
+    instead (self starts are presented at the step the finish holds at)."""
     T = schedule.T
     sigma_tab = schedule.table("sigma", "cpu")
     ab_tab = schedule.table("alpha_bar", "cpu")
@@ -150,6 +191,8 @@ def make_inputs(schedule: NoiseSchedule, numbers, x0, disp, mol, n_mol, is_mmff,
     steps = torch.as_tensor(mmff_steps(mmff_step), dtype=torch.long)
     step = (steps.expand(n_mol) if len(steps) == 1
             else steps[torch.randint(0, len(steps), (n_mol,), generator=gen)])
+    if step_override is not None:
+        step = torch.where(step_override > 0, step_override, step)
     presented = is_mmff & (step > 0)
     # the deviation scale the input is labelled with: its own, or lam * sigma_{step} (plus the extra noise)
     sig_read = torch.where(step > 0, torch.sqrt((lam.double() * sigma_tab[step]) ** 2 + sig_g**2), sig_tot)

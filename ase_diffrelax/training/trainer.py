@@ -68,6 +68,13 @@ class TrainConfig:
     # below 1: each MMFF94 input of a molecule with a local minimum is built on it with this probability,
     # on the global minimum otherwise, and molecules without one keep their global MMFF94 inputs
     local_fraction: float = 1.0
+    # self_starts.npz (training/self_starts.py): a checkpoint's own ends from the training molecules'
+    # MMFF94 starts; this fraction of the MMFF94 inputs of molecules that have one start from it
+    # instead, presented at self_step (the step the finish holds at), toward the global minimum
+    self_starts: str = ""
+    self_fraction: float = 0.5
+    self_step: int = 30
+    self_weight: float = 1.0  # their noise-loss weight relative to an MMFF94 input's (relative-error) one
     # > 0: MMFF94 inputs presented unshrunk at this step, where the time head reads real starts
     # (noising.make_inputs); 0: at the step of their real deviation, shrunk as a Gaussian input there.
     # A list: each MMFF94 input draws one of its steps.
@@ -93,7 +100,8 @@ def check_config(cfg: TrainConfig) -> None:
         raise ValueError(f"mmff-step = {cfg.mmff_step!r}: whole numbers in [0, 999], below the schedule's "
                          "1000 steps (0 = off)")
     for name, low, high in (("lr", 0.0, 1.0), ("min_lr", 0.0, 1.0), ("mmff_fraction", 0.0, 1.0),
-                            ("local_fraction", 0.0, 1.0),
+                            ("local_fraction", 0.0, 1.0), ("self_fraction", 0.0, 1.0),
+                            ("self_weight", 0.0, math.inf),
                             ("teacher_forcing", 0.0, 1.0), ("ema_decay", 0.0, 1.0), ("grad_clip", 0.0, math.inf),
                             ("weight_decay", 0.0, math.inf), ("time_weight", 0.0, math.inf),
                             ("low_t_weight", 0.0, math.inf)):
@@ -107,12 +115,21 @@ def check_config(cfg: TrainConfig) -> None:
     a, b = cfg.lr_decay_start, cfg.lr_decay_end
     if (a, b) != (0, 0) and not a < b:
         raise ValueError(f"--lr-decay {a}:{b}: the cosine decay must end after it starts (START < END)")
+    if isinstance(cfg.self_step, bool) or not isinstance(cfg.self_step, int) or not 1 <= cfg.self_step < 1000:
+        raise ValueError(f"self-step = {cfg.self_step!r}: a whole number in [1, 999]")
     pick_device(cfg.device)  # an unknown or absent device is named before anything is loaded
     if cfg.local_minima and not cfg.data.endswith(".npz"):
         raise ValueError("--local-minima: needs --data DATASET.npz (an 'ase-diffrelax dataset' build)")
     if cfg.local_minima and not Path(cfg.local_minima).is_file():
         raise ValueError(f"--local-minima {cfg.local_minima}: no such file (python -m "
                          "ase_diffrelax.training.local_minima assemble writes it)")
+    if cfg.self_starts and not cfg.data.endswith(".npz"):
+        raise ValueError("--self-starts: needs --data DATASET.npz (an 'ase-diffrelax dataset' build)")
+    if cfg.self_starts and not Path(cfg.self_starts).is_file():
+        raise ValueError(f"--self-starts {cfg.self_starts}: no such file (python -m "
+                         "ase_diffrelax.training.self_starts assemble writes it)")
+    if cfg.self_starts and not cfg.mmff_fraction:
+        raise ValueError("--self-starts: self starts are drawn among the MMFF94 inputs; --mmff-fraction is 0")
 
 
 class Trainer:
@@ -206,8 +223,14 @@ class Trainer:
                 from .local_minima import load_local_minima
 
                 local = load_local_minima(self.cfg.local_minima)
+            own = None
+            if split == "train" and self.cfg.self_starts:
+                from .local_minima import load_local_minima as load_positions  # the same id/offsets layout
+
+                own = load_positions(self.cfg.self_starts)
             parts[split] = TrainingData(ref, mm.positions if self.cfg.mmff_fraction > 0 else None, local_minima=local,
-                                        local_fraction=self.cfg.local_fraction)
+                                        local_fraction=self.cfg.local_fraction, self_starts=own,
+                                        self_fraction=self.cfg.self_fraction if own is not None else 0.0)
         if not len(parts["train"]) or not len(parts["val"]):
             raise ValueError(f"{self.cfg.data}: needs molecules in both the 'train' and 'val' splits")
         self.data, self.val = parts["train"], parts["val"]
@@ -271,14 +294,17 @@ class Trainer:
         the network, scaled so that the mean over ranks is the loss of the whole batch. Noise and
         steps are drawn for the whole batch on every rank (same generator state everywhere), so a
         run on N ranks takes the same steps as one process with the same global batch."""
-        numbers, x0, disp, mol, is_mmff_mol = batch
+        numbers, x0, disp, mol, is_mmff_mol, step_override = batch
         n_mol = int(mol.max()) + 1
         x_t, t, eps, sigma, loss_scale, presented = make_inputs(self.schedule, numbers, x0, disp, mol, n_mol,
-                                                                is_mmff_mol, gen, mmff_step=self.cfg.mmff_step)
+                                                                is_mmff_mol, gen, mmff_step=self.cfg.mmff_step,
+                                                                step_override=step_override)
         use_true_all = torch.rand(n_mol, generator=gen) < teacher_forcing
         # the small-t weight is for Gaussian inputs there; MMFF94 inputs presented at a small step keep theirs
         low_t = (t <= self.cfg.low_t_max) & ~presented
         weight = torch.where(low_t, self.cfg.low_t_weight, 1.0).float() * loss_scale
+        if step_override is not None:
+            weight = torch.where(step_override > 0, weight * self.cfg.self_weight, weight)
         weight_all = weight[mol].sum()  # normaliser over the whole batch, the same on every rank
         n_mol_all = n_mol
         if shard is not None:
@@ -338,8 +364,11 @@ class Trainer:
         return loss.item()
 
     def batch(self, data: TrainingData, mol_ids: np.ndarray, mmff_mask: np.ndarray):
-        numbers, x0, disp, mol = data.gather(mol_ids, data.draw_local(mol_ids, mmff_mask, self.rng))
-        return numbers, x0, disp, mol, torch.from_numpy(mmff_mask)
+        own = data.draw_self(mol_ids, mmff_mask, self.rng)
+        local = data.draw_local(mol_ids, mmff_mask, self.rng) & ~own
+        numbers, x0, disp, mol = data.gather(mol_ids, local, own)
+        override = torch.from_numpy(np.where(own, self.cfg.self_step, 0).astype(np.int64)) if own.any() else None
+        return numbers, x0, disp, mol, torch.from_numpy(mmff_mask), override
 
     def train_batch_ids(self):
         B, data = self.cfg.batch_size, self.data
@@ -366,7 +395,7 @@ class Trainer:
             mse, mae, n = 0.0, 0.0, 0
             for start in range(0, V, 128):
                 ids = np.arange(start, min(V, start + 128))
-                numbers, x0, disp, mol, _ = self.batch(self.val, ids, np.zeros(len(ids), bool))
+                numbers, x0, disp, mol, _, _ = self.batch(self.val, ids, np.zeros(len(ids), bool))
                 n_mol = len(ids)
                 t = torch.randint(lo, hi + 1, (n_mol,), generator=gen)
                 eps = remove_mean(torch.randn(x0.shape, generator=gen), mol, n_mol)
@@ -386,7 +415,7 @@ class Trainer:
             before, after, t_hats = [], [], []
             for start in range(0, len(ids), 128):
                 sel = ids[start:start + 128]
-                numbers, x0, disp, mol, _ = self.batch(self.val, sel, np.ones(len(sel), bool))
+                numbers, x0, disp, mol, _, _ = self.batch(self.val, sel, np.ones(len(sel), bool))
                 n_mol = len(sel)
                 x = x0 + disp
                 dev = self.device  # the sampler's own path
@@ -439,7 +468,11 @@ class Trainer:
                         + (f" (on local minima at MMFF94 torsions, {self.cfg.local_minima}"
                            + (f", for a fraction {self.cfg.local_fraction:g} of them)" if self.cfg.local_fraction < 1
                               else ")")
-                           if self.cfg.local_minima and self.cfg.mmff_fraction else ""),
+                           if self.cfg.local_minima and self.cfg.mmff_fraction else "")
+                        + (f" + the ends of {self.cfg.self_starts} for a fraction {self.cfg.self_fraction:g} of "
+                           f"the MMFF94 inputs, presented at step {self.cfg.self_step}"
+                           + (f" with loss weight x{self.cfg.self_weight:g}" if self.cfg.self_weight != 1 else "")
+                           if self.cfg.self_starts else ""),
                 "split": ({"train": "the dataset's 'train' rows", "val": "its 'val' rows"}
                           if self.cfg.data.endswith(".npz") else
                           {"test": "Index % 10 == 0 (never trained on)", "val": "Index % 10 == 1", "train": "rest"}),
@@ -591,7 +624,8 @@ def _run_training(cfg: TrainConfig, resume: bool, progress: bool, stop_after_s) 
         saved = {**asdict(TrainConfig()), **saved}  # options newer than the run count as their defaults
         changed = {k: [saved[k], v] for k, v in asdict(cfg).items() if saved[k] != v
                    and k in ("mmff_fraction", "teacher_forcing", "time_weight", "low_t_weight", "low_t_max", "steps", "lr",
-                             "lr_decay_start", "lr_decay_end", "local_minima", "local_fraction", "mmff_step")}
+                             "lr_decay_start", "lr_decay_end", "local_minima", "local_fraction", "mmff_step",
+                             "self_starts", "self_fraction", "self_step", "self_weight")}
         if changed:  # a curriculum change: recorded in the history, and so in the model card
             trainer.history.append({"step": trainer.step, "config_change": changed})
     elif not resume and st.exists():
