@@ -43,21 +43,25 @@ def local_minimum(record) -> dict:
             "ok": bool(converged and x is not None), "wall_s": time.perf_counter() - t0}
 
 
+def pending_chunks(records, out, split: str, shard: tuple[int, int], chunk_size: int):
+    """(path, records) of this shard's chunks (chunk c goes to shard c % n) not on disk yet."""
+    i, n = shard
+    for c in range(i, (len(records) + chunk_size - 1) // chunk_size, n):
+        path = Path(out) / "chunks" / f"{split}_{c:05d}.npz"
+        if not path.exists():
+            yield path, records[c * chunk_size:(c + 1) * chunk_size]
+
+
 def build(data, out, split: str = "train", shard: tuple[int, int] = (0, 1), chunk_size: int = 25,
           max_chunks: int | None = None, log=print) -> int:
     """Compute the chunks of ``split`` that belong to ``shard`` (i of n) and are not on disk yet."""
     from .xtb_dataset import read_dataset
 
     records = read_dataset(data, split)
-    i, n = shard
     done = 0
-    for c in range(i, (len(records) + chunk_size - 1) // chunk_size, n):
-        path = Path(out) / "chunks" / f"{split}_{c:05d}.npz"
-        if path.exists():
-            continue
+    for path, part in pending_chunks(records, out, split, shard, chunk_size):
         if max_chunks is not None and done >= max_chunks:
             break
-        part = records[c * chunk_size:(c + 1) * chunk_size]
         rows = [local_minimum(a) for a in part]
         atomic_save_npz(path, ids=np.array([a.info["id"] for a in part]),
                         offsets=np.cumsum([0] + [len(a) for a in part]),

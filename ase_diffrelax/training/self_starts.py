@@ -48,17 +48,13 @@ def build(data, out, model, split: str = "train", shard: tuple[int, int] = (0, 1
           policy: str = "jt", log=print) -> int:
     """Relax the chunks of ``split`` that belong to ``shard`` (i of n) and are not on disk yet."""
     from ..core.checkpoint import load_model
+    from .local_minima import pending_chunks
     from .xtb_dataset import read_dataset
 
     records = read_dataset(data, split)
     net = load_model(model)
-    i, n = shard
     done = 0
-    for c in range(i, (len(records) + chunk_size - 1) // chunk_size, n):
-        path = Path(out) / "chunks" / f"{split}_{c:05d}.npz"
-        if path.exists():
-            continue
-        part = records[c * chunk_size:(c + 1) * chunk_size]
+    for path, part in pending_chunks(records, out, split, shard, chunk_size):
         r = relax_chunk(part, net, policy)
         atomic_save_npz(path, ids=np.array([a.info["id"] for a in part]),
                         offsets=np.cumsum([0] + [len(a) for a in part]), positions=r["positions"],
