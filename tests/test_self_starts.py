@@ -132,3 +132,34 @@ def test_self_weight_scales_only_the_self_inputs_noise_loss(xtb_dataset, self_st
         losses[w, "none"] = tr.loss(tr.net, plain, torch.Generator().manual_seed(3), 1.0)[0].item()
     assert losses[1.0] != pytest.approx(losses[16.0], rel=1e-3)  # normalised: only the balance moves
     assert losses[1.0, "none"] == pytest.approx(losses[16.0, "none"], rel=1e-6)  # nothing else moves
+
+
+def test_self_inputs_train_the_noise_head_at_their_step_and_not_the_time_head(xtb_dataset, self_starts, tmp_path):
+    from ase_diffrelax.training.local_minima import load_local_minima
+    from ase_diffrelax.training.noising import TrainingData
+    from ase_diffrelax.training.trainer import TrainConfig, Trainer
+    from ase_diffrelax.training.xtb_dataset import load_xtb_dataset
+
+    out, _ = self_starts
+    ends = load_local_minima(out / "self_starts.npz")
+    ref, mm = load_xtb_dataset(xtb_dataset, "train"), load_xtb_dataset(xtb_dataset, "train", geometry="mmff")
+    data = TrainingData(ref, mm.positions, self_starts=ends, self_fraction=1.0)
+    tiny = {"features": 16, "blocks": 1, "rbf": 8, "cutoff": 5.0, "elements": [1, 6, 7, 8], "time_features": 8}
+    torch.manual_seed(0)
+    tr = Trainer(TrainConfig(out=str(tmp_path / "run"), batch_size=4, model=tiny), data, data, progress=False)
+    ids = np.flatnonzero(data.has_self)[:1]
+    batch = tr.batch(data, ids, np.ones(1, bool))
+    assert int(batch[5][0]) == 30
+    # the time head gets no gradient from a batch of self inputs; the noise head sees t = 30 even
+    # with teacher forcing 0 (the time head's reading is not used)
+    loss, aux = tr.loss(tr.net, batch, torch.Generator().manual_seed(1), 0.0)
+    tr.net.zero_grad()
+    loss.backward()
+    time_params = [p for n, p in tr.net.named_parameters() if n.startswith("time")]
+    assert time_params and all(p.grad is None or not p.grad.any() for p in time_params)
+    assert int(aux["t"][0]) <= 30
+    plain = (*batch[:5], None)  # the same input as a plain MMFF94 input: the time head learns it
+    loss, _ = tr.loss(tr.net, plain, torch.Generator().manual_seed(1), 0.0)
+    tr.net.zero_grad()
+    loss.backward()
+    assert any(p.grad is not None and p.grad.any() for p in time_params)

@@ -303,10 +303,16 @@ class Trainer:
         # the small-t weight is for Gaussian inputs there; MMFF94 inputs presented at a small step keep theirs
         low_t = (t <= self.cfg.low_t_max) & ~presented
         weight = torch.where(low_t, self.cfg.low_t_weight, 1.0).float() * loss_scale
+        # self starts train the finish's hold, which denoises at its fixed step whatever the time head
+        # reads: their noise head sees the true step and the time head does not learn them (labelled
+        # with step 30 it read the network's own ends as unfinished and lengthened every descent)
+        timed = torch.ones(n_mol, dtype=torch.bool)
         if step_override is not None:
-            weight = torch.where(step_override > 0, weight * self.cfg.self_weight, weight)
+            own = step_override > 0
+            weight = torch.where(own, weight * self.cfg.self_weight, weight)
+            use_true_all, timed = use_true_all | own, ~own
         weight_all = weight[mol].sum()  # normaliser over the whole batch, the same on every rank
-        n_mol_all = n_mol
+        n_mol_all, n_timed_all = n_mol, int(timed.sum())
         if shard is not None:
             rank, world = shard
             keep_mol = torch.arange(n_mol) % world == rank
@@ -315,6 +321,7 @@ class Trainer:
             numbers, x_t, eps, x0 = numbers[keep], x_t[keep], eps[keep], x0[keep]
             mol = remap[mol[keep]]
             t, sigma, use_true_all, weight = t[keep_mol], sigma[keep_mol], use_true_all[keep_mol], weight[keep_mol]
+            timed = timed[keep_mol]
             n_mol = int(keep_mol.sum())
         dev = self.device
         numbers, x_t, eps, x0, mol = numbers.to(dev), x_t.to(dev), eps.to(dev), x0.to(dev), mol.to(dev)
@@ -334,11 +341,13 @@ class Trainer:
         noise_mse_mol = (torch.zeros(n_mol, device=dev).index_add_(0, mol, noise_mse_atom)
                          / torch.bincount(mol, minlength=n_mol))
         noise_loss = (weight[mol] * noise_mse_atom).sum() / weight_all  # = the mean when all weights are 1
+        if n_timed_all < n_mol_all:
+            time_se = time_se[timed.to(dev)]
         if shard is None:
-            loss = noise_loss + self.cfg.time_weight * time_se.mean()
+            loss = noise_loss + self.cfg.time_weight * (time_se.mean() if len(time_se) else time_se.sum())
         else:
             world = shard[1]
-            loss = world * (noise_loss + self.cfg.time_weight * time_se.sum() / n_mol_all)
+            loss = world * (noise_loss + self.cfg.time_weight * time_se.sum() / max(n_timed_all, 1))
         return loss, {"t": t, "t_hat": t_hat.detach(), "noise_mse": noise_mse_mol.detach(), "x_t": x_t,
                       "eps_hat": eps_hat.detach(), "mol": mol, "x0": x0}
 
