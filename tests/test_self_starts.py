@@ -59,6 +59,14 @@ def test_training_draws_self_starts_among_the_mmff_inputs_at_their_step(xtb_data
     data = TrainingData(ref, mm.positions, self_starts=ends, self_fraction=0.5)
     has = np.array([int(i) in ends for i in ref.ids])
     assert np.array_equal(data.has_self, has) and data.has_mmff.all()
+    from ase_diffrelax.chem.rmsd import kabsch_rmsd as rmsd_of
+
+    o = ref.offsets
+    r = np.array([rmsd_of(ends[int(i)], ref.positions[o[m]:o[m + 1]]) if has[m] else np.inf
+                  for m, i in enumerate(ref.ids)])
+    cut = float(np.median(r[has]))
+    tight = TrainingData(ref, mm.positions, self_starts=ends, self_fraction=0.5, self_max_rmsd=cut + 1e-6)
+    assert np.array_equal(tight.has_self, r <= cut + 1e-6) and 0 < tight.has_self.sum() <= has.sum()
     rng = np.random.default_rng(0)
     state = rng.bit_generator.state
     ids = np.arange(len(ref))
@@ -72,7 +80,6 @@ def test_training_draws_self_starts_among_the_mmff_inputs_at_their_step(xtb_data
     numbers, x0, disp, mol = data.gather(ids, None, own)
     _, x0_plain, disp_plain, _ = plain.gather(ids)
     np.testing.assert_allclose(x0.numpy(), x0_plain.numpy())  # the target stays the global minimum
-    o = ref.offsets
     for m in ids:
         rows = (mol == m).numpy()
         start = ends[int(ref.ids[m])] if own[m] else mm.positions[o[m]:o[m + 1]]

@@ -39,7 +39,8 @@ class TrainingData:
 
     def __init__(self, ms: MoleculeSet, mmff: np.ndarray | None, max_mmff_rmsd: float = 1.0,
                  local_minima: dict[int, np.ndarray] | None = None, local_fraction: float = 1.0,
-                 self_starts: dict[int, np.ndarray] | None = None, self_fraction: float = 0.0):
+                 self_starts: dict[int, np.ndarray] | None = None, self_fraction: float = 0.0,
+                 self_max_rmsd: float = 1.0):
         self.ms = ms
         self.local_fraction = local_fraction if local_minima is not None else 0.0
         self.x0 = ms.positions.astype(np.float64).copy()
@@ -68,7 +69,7 @@ class TrainingData:
                 self.local_disp[a:b], self.has_local[m] = displacement(mmff[a:b], self.local_base[a:b])
         self.disp[~np.repeat(self.has_global, np.diff(ms.offsets))] = 0.0
         self.has_mmff = self.has_local.copy() if self.local_fraction >= 1 else self.has_global | self.has_local
-        self._add_self_starts(self_starts or {}, self_fraction if self_starts else 0.0, displacement)
+        self._add_self_starts(self_starts or {}, self_fraction if self_starts else 0.0, displacement, self_max_rmsd)
         self.x0 = self.x0.astype(np.float32)
         self.disp = self.disp.astype(np.float32)
         if self.local_base is not None:
@@ -78,9 +79,12 @@ class TrainingData:
             self.self_disp = self.self_disp.astype(np.float32)
         self.mmff_ids = np.nonzero(self.has_mmff)[0]
 
-    def _add_self_starts(self, starts: dict[int, np.ndarray], fraction: float, displacement) -> None:
+    def _add_self_starts(self, starts: dict[int, np.ndarray], fraction: float, displacement,
+                         max_rmsd: float) -> None:
         """A model's ends as a second kind of MMFF input (``training/self_starts.py``): the displacement
-        from the global minimum, used for a fraction of the MMFF inputs of molecules that have one."""
+        from the global minimum, used for a fraction of the MMFF inputs of molecules that have one.
+        ``max_rmsd`` (A, all atoms, aligned) keeps only ends in the minimum's conformation, whose
+        remaining error is local geometry (a torsional target, like MMFF94's, is not learnable)."""
         self.self_fraction = fraction
         self.has_self = np.zeros(len(self.ms), dtype=bool)
         self.self_disp = None
@@ -92,7 +96,8 @@ class TrainingData:
             x = starts.get(int(self.ms.ids[m]))
             if x is None or len(x) != o[m + 1] - o[m] or not np.isfinite(x).all():
                 continue
-            d, self.has_self[m] = displacement(x, self.x0[o[m]:o[m + 1]].astype(np.float64))
+            d, ok = displacement(x, self.x0[o[m]:o[m + 1]].astype(np.float64))
+            self.has_self[m] = ok and np.sqrt((d**2).sum(1).mean()) <= max_rmsd
             if self.has_self[m]:
                 self.self_disp[o[m]:o[m + 1]] = d
         self.has_mmff = self.has_mmff | self.has_self  # self starts count as MMFF inputs (drawn in the same share)

@@ -67,7 +67,7 @@ def build(data, out, model, split: str = "train", shard: tuple[int, int] = (0, 1
 
 def assemble(data, out, split: str = "train") -> dict:
     """Join the chunks into ``self_starts.npz`` (ids, offsets, positions of the converged ends)."""
-    from ..chem.rmsd import kabsch_align
+    from ..chem.rmsd import kabsch_rmsd
     from .xtb_dataset import read_dataset
 
     by_id = {int(a.info["id"]): a for a in read_dataset(data, split)}
@@ -83,7 +83,7 @@ def assemble(data, out, split: str = "train") -> dict:
                 x, ref = f["positions"][a:b].astype(np.float64), by_id[int(mid)].positions
                 ids.append(int(mid))
                 pos.append(x)
-                rmsd.append(float(np.sqrt(((kabsch_align(x, ref) - ref) ** 2).sum(1).mean())))
+                rmsd.append(float(kabsch_rmsd(x, ref)))
     atomic_save_npz(Path(out) / "self_starts.npz", ids=np.array(ids, dtype=np.int64),
                     offsets=np.cumsum([0] + [len(p) for p in pos]),
                     positions=np.concatenate(pos).astype(np.float32) if pos else np.zeros((0, 3), np.float32),

@@ -75,6 +75,7 @@ class TrainConfig:
     self_fraction: float = 0.5
     self_step: int = 30
     self_weight: float = 1.0  # their noise-loss weight relative to an MMFF94 input's (relative-error) one
+    self_max_rmsd: float = 1.0  # A, all atoms, aligned: only ends this close to the minimum are used
     # > 0: MMFF94 inputs presented unshrunk at this step, where the time head reads real starts
     # (noising.make_inputs); 0: at the step of their real deviation, shrunk as a Gaussian input there.
     # A list: each MMFF94 input draws one of its steps.
@@ -101,7 +102,7 @@ def check_config(cfg: TrainConfig) -> None:
                          "1000 steps (0 = off)")
     for name, low, high in (("lr", 0.0, 1.0), ("min_lr", 0.0, 1.0), ("mmff_fraction", 0.0, 1.0),
                             ("local_fraction", 0.0, 1.0), ("self_fraction", 0.0, 1.0),
-                            ("self_weight", 0.0, math.inf),
+                            ("self_weight", 0.0, math.inf), ("self_max_rmsd", 0.0, math.inf),
                             ("teacher_forcing", 0.0, 1.0), ("ema_decay", 0.0, 1.0), ("grad_clip", 0.0, math.inf),
                             ("weight_decay", 0.0, math.inf), ("time_weight", 0.0, math.inf),
                             ("low_t_weight", 0.0, math.inf)):
@@ -230,7 +231,8 @@ class Trainer:
                 own = load_positions(self.cfg.self_starts)
             parts[split] = TrainingData(ref, mm.positions if self.cfg.mmff_fraction > 0 else None, local_minima=local,
                                         local_fraction=self.cfg.local_fraction, self_starts=own,
-                                        self_fraction=self.cfg.self_fraction if own is not None else 0.0)
+                                        self_fraction=self.cfg.self_fraction if own is not None else 0.0,
+                                        self_max_rmsd=self.cfg.self_max_rmsd)
         if not len(parts["train"]) or not len(parts["val"]):
             raise ValueError(f"{self.cfg.data}: needs molecules in both the 'train' and 'val' splits")
         self.data, self.val = parts["train"], parts["val"]
@@ -481,6 +483,7 @@ class Trainer:
                         + (f" + the ends of {self.cfg.self_starts} for a fraction {self.cfg.self_fraction:g} of "
                            f"the MMFF94 inputs, presented at step {self.cfg.self_step}"
                            + (f" with loss weight x{self.cfg.self_weight:g}" if self.cfg.self_weight != 1 else "")
+                           + (f", ends within {self.cfg.self_max_rmsd:g} A of it" if self.cfg.self_max_rmsd < 1 else "")
                            if self.cfg.self_starts else ""),
                 "split": ({"train": "the dataset's 'train' rows", "val": "its 'val' rows"}
                           if self.cfg.data.endswith(".npz") else
@@ -634,7 +637,8 @@ def _run_training(cfg: TrainConfig, resume: bool, progress: bool, stop_after_s) 
         changed = {k: [saved[k], v] for k, v in asdict(cfg).items() if saved[k] != v
                    and k in ("mmff_fraction", "teacher_forcing", "time_weight", "low_t_weight", "low_t_max", "steps", "lr",
                              "lr_decay_start", "lr_decay_end", "local_minima", "local_fraction", "mmff_step",
-                             "self_starts", "self_fraction", "self_step", "self_weight")}
+                             "self_starts", "self_fraction", "self_step", "self_weight",
+                             "self_max_rmsd")}
         if changed:  # a curriculum change: recorded in the history, and so in the model card
             trainer.history.append({"step": trainer.step, "config_change": changed})
     elif not resume and st.exists():
