@@ -228,7 +228,8 @@ def test_cli_relax_batch_with_trajectories(tiny_model, tmp_path):
         np.testing.assert_allclose(traj[-1].positions, out[k].positions, atol=1e-6)
 
 
-@pytest.mark.parametrize("policy", ["itp:eta=1", "jt:hold_t=30+hold_steps=3+polish_steps=2"])
+@pytest.mark.parametrize("policy", ["itp:eta=1", "jt:hold_t=30+hold_steps=3+polish_steps=2",
+                                    "jt:hold_t=30+hold_steps=2+smooth_t=10+smooth_steps=2+smooth_copies=3+polish_steps=2"])
 def test_restart_file_continues_the_same_path(tiny_model, tmp_path, policy):
     """Stopped after a few steps (for the finish: two evaluations before the end, inside it) and
     resumed from the restart file, the run ends where an uninterrupted one does."""

@@ -134,7 +134,8 @@ def test_vp_start_shows_the_network_the_start_shrunk_as_a_training_input_at_t0(t
     assert int(b.t_used[0]) == 150
 
 
-@pytest.mark.parametrize("policy", ["itp:eta=1", "jt:hold_t=30+hold_steps=3+polish_steps=2"])
+@pytest.mark.parametrize("policy", ["itp:eta=1", "jt:hold_t=30+hold_steps=3+polish_steps=2",
+                                    "jt:hold_t=30+hold_steps=2+smooth_t=10+smooth_steps=2+smooth_copies=3+polish_steps=2"])
 def test_batch_results_do_not_depend_on_batch_size_or_swap_interval(tiny_model, policy):
     """The tensor batch, swapping molecules in and out, gives every molecule the path it has alone
     (with a finish: molecules in it and molecules still descending share batches)."""
@@ -190,6 +191,33 @@ def test_finish_holds_then_polishes_after_arrival_and_leaves_clean_starts_alone(
         assert ts[arrival + 1:arrival + 4] == [30, 30, 30] and len(ts) == arrival + 6
         assert ts[-2:] == [int(round(th)) for _, th in path[-2:]]  # polish at the head's own reading
     assert finished >= 3
+
+
+def test_smoothed_passes_sit_between_holds_and_polish_and_count_their_copies(tiny_model):
+    """hold_steps at hold_t, smooth_steps at smooth_t (each costing smooth_copies evaluations more),
+    then the polish; the average over noisy copies moves the molecule differently from plain holds,
+    and the same seed gives the same result."""
+    spec = "jt:hold_t=30+hold_steps=2+smooth_t=10+smooth_steps=2+smooth_copies=4+polish_steps=2"
+    pol = make_policy(spec)
+    assert pol.finish_passes == 6
+    paths, batch = trace(Sampler(tiny_model, pol), diffused_states(150))
+    _, held = trace(Sampler(tiny_model, "jt:hold_t=30+hold_steps=2+polish_steps=2"), diffused_states(150))
+    smoothed = 0
+    for k, path in enumerate(paths):
+        ts = [t for t, _ in path]
+        if ts[0] <= 30:
+            continue
+        smoothed += 1
+        arrival = next(i for i, t in enumerate(ts) if t <= 30)
+        assert ts[arrival + 1:arrival + 5] == [30, 30, 10, 10] and len(ts) == arrival + 7
+        assert int(batch.steps[k]) == len(ts) + 2 * 4  # the copies are evaluations too
+        assert not np.allclose(batch.positions(k), held.positions(k), atol=1e-4)
+    assert smoothed >= 3
+    again, batch2 = trace(Sampler(tiny_model, pol), diffused_states(150))
+    for k in range(len(paths)):
+        np.testing.assert_allclose(batch.positions(k), batch2.positions(k), atol=1e-6)
+    with pytest.raises(ValueError, match="smooth_t and smooth_copies"):
+        make_policy("jt:smooth_steps=2+smooth_t=10")
 
 
 def test_finish_comes_from_the_card_for_jt_only_and_is_checked(tiny_model, tmp_path):

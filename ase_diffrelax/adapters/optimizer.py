@@ -148,7 +148,9 @@ class DiffusionRelax(Optimizer):
         status = self.status
         if status == "converged" and self.nsteps > 0 and int(b.finish_pass[0]) >= 0:
             pol = self.policy
-            status += f" (finish: {pol.hold_steps} at t {pol.hold_t}, {pol.polish_steps} at t_hat)"
+            smooth = (f", {pol.smooth_steps} smoothed at t {pol.smooth_t} ({pol.smooth_copies} copies)"
+                      if pol.smooth_steps else "")
+            status += f" (finish: {pol.hold_steps} at t {pol.hold_t}{smooth}, {pol.polish_steps} at t_hat)"
         elif status == "converged" and self.nsteps > 0:  # t_hat may sit above it: the schedule bounds t_used
             status += f" (t_used {int(b.t_used[0])} <= threshold {self.policy.threshold})"
         if self.topology is not None and self.topology["changed"]:

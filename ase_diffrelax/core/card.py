@@ -66,11 +66,18 @@ def check_card(card: dict, label: str) -> ModelConfig:
         if finish is not None:  # the jt policy's finish measured for these weights (core.policy)
             if not isinstance(finish, dict):
                 raise CardError(f"{label}: time_calibration.finish must be a table")
-            for name, low in (("hold_t", 0), ("hold_steps", 0), ("polish_steps", 0)):
+            from .policy import FINISH_KEYS
+
+            unknown = sorted(set(finish) - set(FINISH_KEYS) - {"measured"})
+            if unknown:
+                raise CardError(f"{label}: time_calibration.finish has unknown keys {unknown}; known: {list(FINISH_KEYS)}")
+            for name in FINISH_KEYS:
                 if name in finish:
-                    _number(finish[name], int, low, 1000, f"{label}: time_calibration.finish.{name}")
+                    _number(finish[name], int, 0, 1000, f"{label}: time_calibration.finish.{name}")
             if finish.get("hold_steps") and not finish.get("hold_t"):
                 raise CardError(f"{label}: time_calibration.finish.hold_steps needs hold_t")
+            if finish.get("smooth_steps") and not (finish.get("smooth_t") and finish.get("smooth_copies")):
+                raise CardError(f"{label}: time_calibration.finish.smooth_steps needs smooth_t and smooth_copies")
     return ModelConfig(**fields)
 
 

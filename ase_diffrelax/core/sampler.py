@@ -211,6 +211,34 @@ class Sampler:
                      self.restore_hydrogens)
 
     @torch.no_grad()
+    def _smoothed_x0(self, b: Batch, x0_hat: torch.Tensor, which: torch.Tensor) -> torch.Tensor:
+        """x0_hat of the molecules ``which`` replaced by its mean over ``smooth_copies`` copies of x, each
+        with fresh noise of sigma_{smooth_t} (each molecule's own generator: batch-independent)."""
+        pol, net, sched = self.policy, self.model.net, self.model.schedule
+        k_copies, t = pol.smooth_copies, pol.smooth_t
+        sigma = float(sched.sigma[t])
+        idx = torch.nonzero(which).flatten().tolist()
+        rows = [torch.nonzero(b.mol == k).flatten() for k in idx]
+        xs, zs = [], []
+        for k, r in zip(idx, rows):
+            noise = torch.randn((k_copies, len(r), 3), generator=b.generators[k], device=b.device)
+            noise = noise - noise.mean(1, keepdim=True)
+            xs.append((b.x[r].unsqueeze(0) + sigma * noise).reshape(-1, 3))
+            zs.append(b.numbers[r].repeat(k_copies))
+        sizes = torch.as_tensor([len(r) for r in rows for _ in range(k_copies)], device=b.device)
+        copy_mol = torch.repeat_interleave(torch.arange(len(sizes), device=b.device), sizes)
+        out = denoise(net, sched, torch.cat(zs), torch.cat(xs).float(), copy_mol, len(sizes),
+                      lambda th: torch.full_like(th, t))
+        self.n_evals += 1
+        x0_hat = x0_hat.clone()
+        start = 0
+        for r in rows:
+            n = len(r) * k_copies
+            x0_hat[r] = out.x0_hat[start:start + n].reshape(k_copies, len(r), 3).mean(0)
+            start += n
+        return x0_hat
+
+    @torch.no_grad()
     def step(self, b: Batch) -> None:
         """One model evaluation for every running molecule of ``b`` (finished ones are left as they are)."""
         if len(b) == 0:
@@ -221,18 +249,23 @@ class Sampler:
         first = b.steps == 0
         t_prev = b.t_used.clamp(min=0)
         n_pass, n_hold = pol.finish_passes, pol.hold_steps or 0
+        n_smoothed = n_hold + (pol.smooth_steps or 0)
         finishing = b.finish_pass >= 0
+        smoothing = running & finishing & (b.finish_pass >= n_hold) & (b.finish_pass < n_smoothed)
 
         def choose_t(th):
             t = pol.current_t(pol.calibrate(th), b.t_sched, first, t_prev)
-            if n_pass:  # the finish: hold passes at hold_t, then polish passes at the head's own t_hat
-                t_pass = torch.where(b.finish_pass < n_hold, torch.full_like(th, pol.hold_t or 0), th)
+            if n_pass:  # the finish: hold passes at hold_t, smoothed ones at smooth_t, polish at the head's t_hat
+                t_pass = torch.where(b.finish_pass < n_hold, torch.full_like(th, pol.hold_t or 0),
+                                     torch.where(b.finish_pass < n_smoothed, torch.full_like(th, pol.smooth_t or 0), th))
                 t = torch.where(finishing, t_pass, t)
             return t
 
         # a policy may place the start on its noise scale (FixedPolicy.vp_start); no host sync per step
         b.x = pol.start(b.x, (first & running)[mol], sched)
         out = denoise(net, sched, b.numbers, b.x, mol, n_mol, choose_t, pairs=b.pairs)
+        if n_smoothed > n_hold and bool(smoothing.any()):
+            out.x0_hat = self._smoothed_x0(b, out.x0_hat, smoothing)
         t_cur = out.t
         t_next = pol.next_t(t_cur)
         noise = None
@@ -272,7 +305,7 @@ class Sampler:
             conv = ok & (t_cur <= pol.threshold)
             moving = ok & ~conv
 
-        b.steps = b.steps + running.long()
+        b.steps = b.steps + running.long() + smoothing.long() * (pol.smooth_copies or 0)
         b.t_hat = torch.where(running, out.t_hat, b.t_hat)
         b.t_used = torch.where(running, t_cur, b.t_used)
         b.t_sched = torch.where(moving, t_next, b.t_sched)
