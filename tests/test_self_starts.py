@@ -114,22 +114,29 @@ def test_training_draws_self_starts_among_the_mmff_inputs_at_their_step(xtb_data
                  "--self-starts", str(out / "self_starts.npz")]) != 0  # QM9 has no self starts
 
 
-def test_self_weight_scales_only_the_self_inputs_noise_loss(xtb_dataset, self_starts, tmp_path):
+TINY = {"features": 16, "blocks": 1, "rbf": 8, "cutoff": 5.0, "elements": [1, 6, 7, 8], "time_features": 8}
+
+
+def _all_self(xtb_dataset, self_starts):
+    """The training split and its TrainingData with every MMFF94 input of a molecule with an end drawn as one."""
     from ase_diffrelax.training.local_minima import load_local_minima
     from ase_diffrelax.training.noising import TrainingData
-    from ase_diffrelax.training.trainer import TrainConfig, Trainer
     from ase_diffrelax.training.xtb_dataset import load_xtb_dataset
 
-    out, _ = self_starts
-    ends = load_local_minima(out / "self_starts.npz")
+    ends = load_local_minima(self_starts[0] / "self_starts.npz")
     ref, mm = load_xtb_dataset(xtb_dataset, "train"), load_xtb_dataset(xtb_dataset, "train", geometry="mmff")
-    data = TrainingData(ref, mm.positions, self_starts=ends, self_fraction=1.0)
-    tiny = {"features": 16, "blocks": 1, "rbf": 8, "cutoff": 5.0, "elements": [1, 6, 7, 8], "time_features": 8}
+    return ref, TrainingData(ref, mm.positions, self_starts=ends, self_fraction=1.0)
+
+
+def test_self_weight_scales_only_the_self_inputs_noise_loss(xtb_dataset, self_starts, tmp_path):
+    from ase_diffrelax.training.trainer import TrainConfig, Trainer
+
+    ref, data = _all_self(xtb_dataset, self_starts)
     ids = np.arange(len(ref))
     losses = {}
     for w in (1.0, 16.0):
         torch.manual_seed(0)
-        tr = Trainer(TrainConfig(out=str(tmp_path / f"w{w}"), batch_size=len(ids), model=tiny, time_weight=0.0,
+        tr = Trainer(TrainConfig(out=str(tmp_path / f"w{w}"), batch_size=len(ids), model=TINY, time_weight=0.0,
                                  self_weight=w), data, data, progress=False)
         half = ids % 2 == 0  # MMFF94 inputs (all self starts at fraction 1) beside Gaussian ones
         batch = tr.batch(data, ids, half)
@@ -142,18 +149,11 @@ def test_self_weight_scales_only_the_self_inputs_noise_loss(xtb_dataset, self_st
 
 
 def test_self_inputs_train_the_noise_head_at_their_step_and_not_the_time_head(xtb_dataset, self_starts, tmp_path):
-    from ase_diffrelax.training.local_minima import load_local_minima
-    from ase_diffrelax.training.noising import TrainingData
     from ase_diffrelax.training.trainer import TrainConfig, Trainer
-    from ase_diffrelax.training.xtb_dataset import load_xtb_dataset
 
-    out, _ = self_starts
-    ends = load_local_minima(out / "self_starts.npz")
-    ref, mm = load_xtb_dataset(xtb_dataset, "train"), load_xtb_dataset(xtb_dataset, "train", geometry="mmff")
-    data = TrainingData(ref, mm.positions, self_starts=ends, self_fraction=1.0)
-    tiny = {"features": 16, "blocks": 1, "rbf": 8, "cutoff": 5.0, "elements": [1, 6, 7, 8], "time_features": 8}
+    ref, data = _all_self(xtb_dataset, self_starts)
     torch.manual_seed(0)
-    tr = Trainer(TrainConfig(out=str(tmp_path / "run"), batch_size=4, model=tiny), data, data, progress=False)
+    tr = Trainer(TrainConfig(out=str(tmp_path / "run"), batch_size=4, model=TINY), data, data, progress=False)
     ids = np.flatnonzero(data.has_self)[:1]
     batch = tr.batch(data, ids, np.ones(1, bool))
     assert int(batch[5][0]) == 30
