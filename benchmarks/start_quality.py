@@ -293,6 +293,28 @@ def plot(report: dict, path: str) -> str:
     return save_figure(fig, path)
 
 
+def paired(part: str, base_key: str, other_key: str, cache_path: Path = HERE / "cache" / "start_quality_moses.jsonl",
+           ) -> dict:
+    """Per-molecule comparison of two methods' cached rows (cache keys as ``method_key`` gives them) on the
+    molecules of ``part`` both have, with MMFF94's row: how many are lower, the paired median, above MMFF94."""
+    rows = JsonlStore(cache_path)
+    prefix = part + "_"
+    mols = sorted({k[:-len(other_key) - 1] for k, _ in rows.items() if k.startswith(prefix) and k.endswith("_" + other_key)
+                   and k[len(prefix):-len(other_key) - 1].isdigit()})
+    trip = [(rows.get(f"{m}_{base_key}")["dE_kcal"], rows.get(f"{m}_{other_key}")["dE_kcal"], rows.get(f"{m}_mmff")["dE_kcal"])
+            for m in mols if f"{m}_{base_key}" in rows and f"{m}_mmff" in rows]
+    if not trip:
+        raise ValueError(f"no {part} molecule has cached rows of both {base_key} and {other_key}")
+    b, o, mm = (np.array(v) for v in zip(*trip))
+    d = o - b
+    return {"part": part, "n": len(d), "base": base_key, "other": other_key,
+            "median": [float(np.median(b)), float(np.median(o))], "p90": [float(np.percentile(b, 90)),
+                                                                         float(np.percentile(o, 90))],
+            "mean": [float(b.mean()), float(o.mean())], "lower": int((d < 0).sum()), "higher": int((d > 0).sum()),
+            "paired_median": float(np.median(d)), "paired_mean": float(d.mean()),
+            "above_mmff": [int((b > mm).sum()), int((o > mm).sum())]}
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--part", default="val", choices=["val", "test", "test_scaffolds", "train"],
@@ -304,7 +326,13 @@ def main(argv=None) -> None:
     p.add_argument("--out", default=None, help="JSON report")
     p.add_argument("--plot", default=None, help="Pareto plot (PNG)")
     p.add_argument("--markdown", action="store_true")
+    p.add_argument("--paired", default=None, metavar="BASE,OTHER",
+                   help="only compare two methods' cached rows on --part per molecule (no new calculations)")
     args = p.parse_args(argv)
+    if args.paired:
+        base, other = (m.strip() for m in args.paired.split(","))
+        print(json.dumps(paired(args.part, method_key(base), method_key(other)), indent=1))
+        return
     report = run(args.part, args.n, [m.strip() for m in args.methods.split(",") if m.strip()],
                  log=lambda m: print(m, flush=True))
     report["command"] = "python -m benchmarks.start_quality " + " ".join(argv if argv is not None else

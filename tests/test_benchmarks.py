@@ -249,3 +249,26 @@ def test_sella_calls_relates_calls_to_start_energy_from_the_matrix_cache(tmp_pat
     assert medians == sorted(medians) and len(medians) >= 4
     assert report["pair"]["fewer"] == 0 and report["pair"]["more"] == 12
     assert report["pair"]["dE_change_median"] < 0
+
+
+def test_start_quality_pairs_two_methods_per_molecule_from_its_cache(tmp_path):
+    """Only molecules of the part with rows of both methods (and MMFF94's) count; other parts and
+    molecules missing a row are left out; lower/higher and above-MMFF94 are counted per molecule."""
+    import json
+
+    from benchmarks.start_quality import paired
+
+    rows = []
+    for k in range(10):
+        for part in ("test", "test_scaffolds"):
+            mol = f"{part}_{k}"
+            rows += [{"key": f"{mol}_mmff", "dE_kcal": 5.0}, {"key": f"{mol}_A_h1", "dE_kcal": 1.0 + k},
+                     {"key": f"{mol}_B_h2", "dE_kcal": (0.5 + k) if k < 7 else (6.0 if k == 9 else 2.0 + k)}]
+    rows.append({"key": "test_99_B_h2", "dE_kcal": 0.0})  # no A row: not paired
+    path = tmp_path / "cache.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    r = paired("test", "A_h1", "B_h2", path)
+    assert r["n"] == 10 and (r["lower"], r["higher"]) == (8, 2)
+    assert r["paired_median"] == -0.5 and r["above_mmff"] == [5, 5]
+    with pytest.raises(ValueError, match="no val molecule"):
+        paired("val", "A_h1", "B_h2", path)
