@@ -217,7 +217,9 @@ def test_smoothed_passes_sit_between_holds_and_polish_and_count_their_copies(tin
     for k in range(len(paths)):
         np.testing.assert_allclose(batch.positions(k), batch2.positions(k), atol=1e-6)
     with pytest.raises(ValueError, match="smooth_t and smooth_copies"):
-        make_policy("jt:smooth_steps=2+smooth_t=10")
+        make_policy("itp:smooth_steps=2+smooth_t=10")
+    with pytest.raises(ValueError, match="smooth_t and smooth_copies"):  # the card has no smoothing
+        Sampler(tiny_model, "jt:smooth_steps=2+smooth_t=10")
 
 
 def test_finish_comes_from_the_card_for_jt_only_and_is_checked(tiny_model, tmp_path):
@@ -233,7 +235,10 @@ def test_finish_comes_from_the_card_for_jt_only_and_is_checked(tiny_model, tmp_p
     assert Sampler(m, "itp").policy.finish_passes == 0  # measured with jt: not applied to other policies
     assert Sampler(tiny_model, "jt").policy.finish_passes == 0  # a card without one: no finish
     with pytest.raises(ValueError, match="needs hold_t"):
-        make_policy("jt:hold_steps=3")
+        make_policy("itp:hold_steps=3")
+    with pytest.raises(ValueError, match="needs hold_t"):  # jt's hold_t comes from the card: it has none
+        Sampler(tiny_model, "jt:hold_steps=3")
+    assert Sampler(m, "jt:hold_steps=2").policy.hold_t == 30  # the count given, the step the card's
     with pytest.raises(ValueError, match="polish_steps"):
         make_policy("jt:polish_steps=-1")
     bad = {**card, "time_calibration": {"finish": {"hold_t": 30, "hold_steps": 2.5}}}

@@ -84,9 +84,11 @@ class Policy:
                            ("smooth_t", MAX_T), ("smooth_steps", 1000), ("smooth_copies", 1000)):
             if getattr(self, name) is not None:
                 _check(self, name, 0, high, integer=True)
-        if self.hold_steps and not self.hold_t:
+        # None = from the checkpoint card (calibrated() fills it, and this check runs again then)
+        if self.hold_steps and self.hold_t is not None and not self.hold_t:
             raise ValueError(f"policy {self.name!r}: hold_steps={self.hold_steps} needs hold_t (the step to hold at)")
-        if self.smooth_steps and not (self.smooth_t and self.smooth_copies):
+        if self.smooth_steps and None not in (self.smooth_t, self.smooth_copies) and \
+                not (self.smooth_t and self.smooth_copies):
             raise ValueError(f"policy {self.name!r}: smooth_steps={self.smooth_steps} needs smooth_t and "
                              "smooth_copies (the step and the number of noisy copies averaged)")
 
