@@ -29,6 +29,16 @@ from .data import MoleculeSet
 MIN_MMFF_RMSD = 1e-3  # A: below this an MMFF94 start is its reference
 
 
+def aligned_displacement(start: np.ndarray, base: np.ndarray, max_rmsd: float) -> tuple[np.ndarray, bool]:
+    """``start`` aligned onto ``base`` minus ``base``, and whether it is usable as structured noise:
+    an RMSD above MIN_MMFF_RMSD (a start equal to its reference, a structure that is an MMFF94 minimum
+    already, is no noise: it would put a zero displacement, and a ratio of zero to zero in
+    validation, in the run) and at most ``max_rmsd``."""
+    d = kabsch_align(start.astype(np.float64), base) - base
+    rmsd = np.sqrt((d**2).sum(1).mean())
+    return d, bool(MIN_MMFF_RMSD < rmsd <= max_rmsd)
+
+
 class TrainingData:
     """Reference geometries (centred) and, where available, MMFF displacements in their frame.
 
@@ -50,26 +60,21 @@ class TrainingData:
         self.local_base = None if local_minima is None else np.zeros_like(self.x0)
         self.local_disp = None if local_minima is None else np.zeros_like(self.x0)
 
-        def displacement(start, base):
-            d = kabsch_align(start.astype(np.float64), base) - base
-            rmsd = np.sqrt((d**2).sum(1).mean())
-            # a start equal to its reference (structures that are MMFF94 minima already) is no noise:
-            # it would put a zero displacement (and a ratio of zero to zero in validation) in the run
-            return d, bool(MIN_MMFF_RMSD < rmsd <= max_mmff_rmsd)
-
         for m in range(len(ms)):
             a, b = ms.offsets[m], ms.offsets[m + 1]
             self.x0[a:b] -= self.x0[a:b].mean(0)
             if mmff is None or np.isnan(mmff[a:b]).any():
                 continue
-            self.disp[a:b], self.has_global[m] = displacement(mmff[a:b], self.x0[a:b])
+            self.disp[a:b], self.has_global[m] = aligned_displacement(mmff[a:b], self.x0[a:b], max_mmff_rmsd)
             local = None if local_minima is None else local_minima.get(int(ms.ids[m]))
             if local is not None:
                 self.local_base[a:b] = local - local.mean(0)
-                self.local_disp[a:b], self.has_local[m] = displacement(mmff[a:b], self.local_base[a:b])
+                self.local_disp[a:b], self.has_local[m] = aligned_displacement(mmff[a:b], self.local_base[a:b],
+                                                                                  max_mmff_rmsd)
         self.disp[~np.repeat(self.has_global, np.diff(ms.offsets))] = 0.0
         self.has_mmff = self.has_local.copy() if self.local_fraction >= 1 else self.has_global | self.has_local
-        self._add_self_starts(self_starts or {}, self_fraction if self_starts else 0.0, displacement, self_max_rmsd)
+        self._add_self_starts(self_starts or {}, self_fraction if self_starts else 0.0,
+                              min(max_mmff_rmsd, self_max_rmsd))
         self.x0 = self.x0.astype(np.float32)
         self.disp = self.disp.astype(np.float32)
         if self.local_base is not None:
@@ -79,8 +84,7 @@ class TrainingData:
             self.self_disp = self.self_disp.astype(np.float32)
         self.mmff_ids = np.nonzero(self.has_mmff)[0]
 
-    def _add_self_starts(self, starts: dict[int, np.ndarray], fraction: float, displacement,
-                         max_rmsd: float) -> None:
+    def _add_self_starts(self, starts: dict[int, np.ndarray], fraction: float, max_rmsd: float) -> None:
         """A model's ends as a second kind of MMFF input (``training/self_starts.py``): the displacement
         from the global minimum, used for a fraction of the MMFF inputs of molecules that have one.
         ``max_rmsd`` (A, all atoms, aligned) keeps only ends in the minimum's conformation, whose
@@ -96,8 +100,7 @@ class TrainingData:
             x = starts.get(int(self.ms.ids[m]))
             if x is None or len(x) != o[m + 1] - o[m] or not np.isfinite(x).all():
                 continue
-            d, ok = displacement(x, self.x0[o[m]:o[m + 1]].astype(np.float64))
-            self.has_self[m] = ok and np.sqrt((d**2).sum(1).mean()) <= max_rmsd
+            d, self.has_self[m] = aligned_displacement(x, self.x0[o[m]:o[m + 1]].astype(np.float64), max_rmsd)
             if self.has_self[m]:
                 self.self_disp[o[m]:o[m + 1]] = d
         self.has_mmff = self.has_mmff | self.has_self  # self starts count as MMFF inputs (drawn in the same share)

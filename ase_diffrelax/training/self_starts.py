@@ -35,7 +35,7 @@ def relax_chunk(records, model, policy: str = "jt") -> dict:
 
     starts = [Atoms(numbers=a.numbers, positions=a.arrays["positions_mmff"]) for a in records]
     t0 = time.perf_counter()
-    res = relax_many(starts, model=model, policy=policy, progress=False, seed=0, on_error="skip",
+    res = relax_many(starts, model=model, policy=policy, progress=False, on_error="skip",
                      unseen_bonds="relax", restore_hydrogens=False,
                      seeds=[int(a.info["id"]) for a in records])
     ok = np.array([r.status == "converged" for r in res])

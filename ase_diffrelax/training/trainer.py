@@ -119,16 +119,13 @@ def check_config(cfg: TrainConfig) -> None:
     if isinstance(cfg.self_step, bool) or not isinstance(cfg.self_step, int) or not 1 <= cfg.self_step < 1000:
         raise ValueError(f"self-step = {cfg.self_step!r}: a whole number in [1, 999]")
     pick_device(cfg.device)  # an unknown or absent device is named before anything is loaded
-    if cfg.local_minima and not cfg.data.endswith(".npz"):
-        raise ValueError("--local-minima: needs --data DATASET.npz (an 'ase-diffrelax dataset' build)")
-    if cfg.local_minima and not Path(cfg.local_minima).is_file():
-        raise ValueError(f"--local-minima {cfg.local_minima}: no such file (python -m "
-                         "ase_diffrelax.training.local_minima assemble writes it)")
-    if cfg.self_starts and not cfg.data.endswith(".npz"):
-        raise ValueError("--self-starts: needs --data DATASET.npz (an 'ase-diffrelax dataset' build)")
-    if cfg.self_starts and not Path(cfg.self_starts).is_file():
-        raise ValueError(f"--self-starts {cfg.self_starts}: no such file (python -m "
-                         "ase_diffrelax.training.self_starts assemble writes it)")
+    for flag, path, module in (("--local-minima", cfg.local_minima, "local_minima"),
+                               ("--self-starts", cfg.self_starts, "self_starts")):
+        if path and not cfg.data.endswith(".npz"):
+            raise ValueError(f"{flag}: needs --data DATASET.npz (an 'ase-diffrelax dataset' build)")
+        if path and not Path(path).is_file():
+            raise ValueError(f"{flag} {path}: no such file (python -m ase_diffrelax.training.{module} "
+                             "assemble writes it)")
     if cfg.self_starts and not cfg.mmff_fraction:
         raise ValueError("--self-starts: self starts are drawn among the MMFF94 inputs; --mmff-fraction is 0")
 
@@ -219,16 +216,12 @@ class Trainer:
             if split == "val" and len(ref) > self.cfg.val_molecules:
                 keep = np.sort(np.random.default_rng(12345).permutation(len(ref))[: self.cfg.val_molecules])
                 ref, mm = ref.subset(keep), mm.subset(keep)
-            local = None
-            if split == "train" and self.cfg.local_minima:
-                from .local_minima import load_local_minima
+            local = own = None
+            if split == "train":
+                from .local_minima import load_local_minima  # id -> positions; self_starts.npz has the same layout
 
-                local = load_local_minima(self.cfg.local_minima)
-            own = None
-            if split == "train" and self.cfg.self_starts:
-                from .local_minima import load_local_minima as load_positions  # the same id/offsets layout
-
-                own = load_positions(self.cfg.self_starts)
+                local = load_local_minima(self.cfg.local_minima) if self.cfg.local_minima else None
+                own = load_local_minima(self.cfg.self_starts) if self.cfg.self_starts else None
             parts[split] = TrainingData(ref, mm.positions if self.cfg.mmff_fraction > 0 else None, local_minima=local,
                                         local_fraction=self.cfg.local_fraction, self_starts=own,
                                         self_fraction=self.cfg.self_fraction if own is not None else 0.0,
