@@ -60,7 +60,7 @@ def model_hash(model, policy="jt") -> str:
     from .core.policy import calibrated
 
     h = hashlib.sha256(Path(str(model.path) + ".safetensors").read_bytes())
-    h.update(json.dumps(calibrated(policy_from_name(policy), model.card).todict(), sort_keys=True).encode())
+    h.update(json.dumps(calibrated(policy_from_name(policy), model.card).key_dict(), sort_keys=True).encode())
     return h.hexdigest()[:12]
 
 

@@ -94,3 +94,18 @@ def test_resume_never_touches_a_file_it_did_not_write(tmp_path, tiny_model):
     assert main(["relax", str(tmp_path / "in.smi"), "-o", str(precious), "--model", str(tiny_model.path),
                  "--quiet"]) == 2  # exists, no --resume
     assert precious.read_text() == "keep me"
+
+
+def test_resume_accepts_a_policy_spec_written_before_options_were_added():
+    """A 0.13 output's job recorded itp's spec without the options 0.14 added; parsed, both run
+    the same policy, so --resume continues it; a policy that differs is still refused."""
+    from ase_diffrelax.core.policy import make_policy
+    from ase_diffrelax.workflows.collection import ResumeMismatch, _check_same_job
+
+    now = {"input": "in.smi", "input_sha256": "ab", "shard": [0, 1], "model": "auto",
+           "policy": make_policy("itp").spec(), "seed": 0, "conformer_seed": 0}
+    old_spec = "+".join(p for p in now["policy"].split("+") if not p.startswith(("smooth_antithetic", "clean_t", "hold_gain")))
+    assert old_spec != now["policy"]
+    _check_same_job("out.sdf", {**now, "policy": old_spec}, now)
+    with pytest.raises(ResumeMismatch, match="policy"):
+        _check_same_job("out.sdf", {**now, "policy": make_policy("itp:stride=0.5").spec()}, now)

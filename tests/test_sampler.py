@@ -193,10 +193,28 @@ def test_finish_holds_then_polishes_after_arrival_and_leaves_clean_starts_alone(
     assert finished >= 3
 
 
+def test_clean_t_separates_the_clean_reading_from_the_hold_step(tiny_model):
+    """With clean_t below the first reading, a molecule read at or below hold_t at once is finished
+    from that first evaluation (holds at hold_t above its reading); above clean_t only."""
+    states = diffused_states(20)
+    plain_paths, _ = trace(Sampler(tiny_model, "jt:hold_t=30+hold_steps=2+polish_steps=1"), states)
+    first = [path[0][0] for path in plain_paths]
+    assert any(0 < t <= 30 for t in first)
+    bare, _ = trace(Sampler(tiny_model, "jt"), states)
+    assert all(p == q for p, q, t in zip(plain_paths, bare, first) if t <= 30)  # clean_t = hold_t: no finish
+    paths, _ = trace(Sampler(tiny_model, "jt:hold_t=30+hold_steps=2+polish_steps=1+clean_t=0"), states)
+    for t0, path in zip(first, paths):
+        ts = [t for t, _ in path]
+        if 0 < t0 <= 30:
+            assert ts[0] == t0 and ts[1:3] == [30, 30] and len(ts) == 4
+    with pytest.raises(ValueError, match="clean_t"):
+        make_policy("jt:clean_t=-1")
+
+
 def test_smoothed_passes_sit_between_holds_and_polish_and_count_their_copies(tiny_model):
-    """hold_steps at hold_t, smooth_steps at smooth_t (each costing smooth_copies evaluations more),
-    then the polish; the average over noisy copies moves the molecule differently from plain holds,
-    and the same seed gives the same result."""
+    """hold_steps at hold_t, smooth_steps at smooth_t (each costing smooth_copies evaluations: the
+    step's own evaluation is the first copy), then the polish; the average over noisy copies moves
+    the molecule differently from plain holds, and the same seed gives the same result."""
     spec = "jt:hold_t=30+hold_steps=2+smooth_t=10+smooth_steps=2+smooth_copies=4+polish_steps=2"
     pol = make_policy(spec)
     assert pol.finish_passes == 6
@@ -210,7 +228,7 @@ def test_smoothed_passes_sit_between_holds_and_polish_and_count_their_copies(tin
         smoothed += 1
         arrival = next(i for i, t in enumerate(ts) if t <= 30)
         assert ts[arrival + 1:arrival + 5] == [30, 30, 10, 10] and len(ts) == arrival + 7
-        assert int(batch.steps[k]) == len(ts) + 2 * 4  # the copies are evaluations too
+        assert int(batch.steps[k]) == len(ts) + 2 * 3  # the other copies are evaluations too
         assert not np.allclose(batch.positions(k), held.positions(k), atol=1e-4)
     assert smoothed >= 3
     again, batch2 = trace(Sampler(tiny_model, pol), diffused_states(150))
@@ -220,6 +238,38 @@ def test_smoothed_passes_sit_between_holds_and_polish_and_count_their_copies(tin
         make_policy("itp:smooth_steps=2+smooth_t=10")
     with pytest.raises(ValueError, match="smooth_t and smooth_copies"):  # the card has no smoothing
         Sampler(tiny_model, "jt:smooth_steps=2+smooth_t=10")
+
+
+def test_smoothed_copies_average_x0_hat_over_noise_and_antithetic_pairs_mirror_it(tiny_model, monkeypatch):
+    """Each smoothed molecule's x0_hat is the mean of x0_hat over its copies x + sigma_t z (the first
+    copy is the step's main evaluation); antithetic copies come as z, -z, then a fresh draw."""
+    from ase_diffrelax.core.denoise import denoise
+
+    seen = []
+    real = Sampler._smoothed_x0
+
+    def spy(self, b, x0_hat, noises):
+        out = real(self, b, x0_hat, noises)
+        seen.extend((z.clone(), b.x[r].clone(), b.numbers[r].clone(), out[r].clone()) for r, z in noises)
+        return out
+
+    monkeypatch.setattr(Sampler, "_smoothed_x0", spy)
+    spec = "jt:hold_t=30+hold_steps=1+smooth_t=10+smooth_steps=1+smooth_copies=3+polish_steps=1+smooth_antithetic=1"
+    sampler = Sampler(tiny_model, spec)
+    trace(sampler, diffused_states(150))
+    assert len(seen) >= 3
+    net, sched = sampler.model.net, sampler.model.schedule
+    sigma = float(sched.sigma[10])
+    for z, x, numbers, averaged in seen:
+        n = len(x)
+        assert z.shape == (3, n, 3)
+        torch.testing.assert_close(z[1], -z[0])
+        assert not torch.allclose(z[2].abs(), z[0].abs())
+        torch.testing.assert_close(z.mean(1), torch.zeros(3, 3), atol=1e-6, rtol=0)  # centred copies
+        mol = torch.repeat_interleave(torch.arange(3), n)
+        by_hand = denoise(net, sched, numbers.repeat(3), (x.unsqueeze(0) + sigma * z).reshape(-1, 3).float(),
+                          mol, 3, lambda th: torch.full_like(th, 10)).x0_hat.reshape(3, n, 3).mean(0)
+        torch.testing.assert_close(averaged, by_hand, atol=1e-4, rtol=1e-4)
 
 
 def test_finish_comes_from_the_card_for_jt_only_and_is_checked(tiny_model, tmp_path):
@@ -241,6 +291,28 @@ def test_finish_comes_from_the_card_for_jt_only_and_is_checked(tiny_model, tmp_p
     assert Sampler(m, "jt:hold_steps=2").policy.hold_t == 30  # the count given, the step the card's
     with pytest.raises(ValueError, match="polish_steps"):
         make_policy("jt:polish_steps=-1")
+    full = {**card, "time_calibration": {"finish": {**finish, "smooth_t": 10, "smooth_steps": 4, "smooth_copies": 2,
+                                                    "smooth_antithetic": 1, "clean_t": 5}}}
+    m2 = LoadedModel(tiny_model.net, tiny_model.schedule, full, tiny_model.path)
+    pol = Sampler(m2, "jt").policy
+    assert (pol.smooth_antithetic, pol.clean_t, pol.clean_at) == (1, 5, 5)
+    assert Sampler(m, "jt").policy.clean_at == 30  # absent from the card: tied to the hold step, as before
+    with pytest.raises(CardError, match="finish.smooth_antithetic"):
+        check_card({**card, "time_calibration": {"finish": {"smooth_antithetic": 2}}}, "x")
     bad = {**card, "time_calibration": {"finish": {"hold_t": 30, "hold_steps": 2.5}}}
     with pytest.raises(CardError, match="finish.hold_steps"):
         check_card(bad, "x")
+
+
+def test_finish_options_at_their_neutral_values_stay_out_of_cache_keys_and_specs():
+    """Adding a finish option must not change the key of a policy that does not use it (benchmark
+    caches keyed on it would be recomputed, DFT ones for hours); a value that acts is in the key."""
+    from ase_diffrelax.core.policy import NEUTRAL
+
+    plain = make_policy("jt:hold_t=0+hold_steps=0+polish_steps=0+smooth_t=0+smooth_steps=0+smooth_copies=0"
+                        "+smooth_antithetic=0+hold_gain=1.0")
+    assert not set(NEUTRAL) & set(plain.key_dict())
+    assert make_policy(plain.spec()) == plain  # the spec keeps them: for jt, absent means "the card's"
+    acting = make_policy("jt:hold_t=30+hold_steps=6+polish_steps=2+smooth_antithetic=1+hold_gain=1.5")
+    assert {"hold_t", "hold_steps", "polish_steps", "smooth_antithetic", "hold_gain"} <= set(acting.key_dict())
+    assert make_policy(acting.spec()) == acting

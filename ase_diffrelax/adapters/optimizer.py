@@ -148,7 +148,8 @@ class DiffusionRelax(Optimizer):
         status = self.status
         if status == "converged" and self.nsteps > 0 and int(b.finish_pass[0]) >= 0:
             pol = self.policy
-            smooth = (f", {pol.smooth_steps} smoothed at t {pol.smooth_t} ({pol.smooth_copies} copies)"
+            pairs = ", antithetic" if pol.smooth_antithetic else ""
+            smooth = (f", {pol.smooth_steps} smoothed at t {pol.smooth_t} ({pol.smooth_copies} copies{pairs})"
                       if pol.smooth_steps else "")
             status += f" (finish: {pol.hold_steps} at t {pol.hold_t}{smooth}, {pol.polish_steps} at t_hat)"
         elif status == "converged" and self.nsteps > 0:  # t_hat may sit above it: the schedule bounds t_used

@@ -12,7 +12,13 @@ import torch
 
 MAX_T = 1000  # the schedule length of every checkpoint (NoiseSchedule.T)
 # the options a checkpoint card's time_calibration.finish may set (Policy's docstring)
-FINISH_KEYS = ("hold_t", "hold_steps", "polish_steps", "smooth_t", "smooth_steps", "smooth_copies")
+FINISH_KEYS = ("hold_t", "hold_steps", "polish_steps", "smooth_t", "smooth_steps", "smooth_copies",
+               "smooth_antithetic", "clean_t", "hold_gain")
+FINISH_FLOATS = {"hold_gain": 1.0}  # the finish options that are not counts or steps, with their defaults
+# the finish options (added after results were cached under policies' keys): at these values they
+# change nothing, so they stay out of cache keys (``key_dict``) and keys from before them stay valid
+NEUTRAL = {"hold_t": 0, "hold_steps": 0, "polish_steps": 0, "smooth_t": 0, "smooth_steps": 0, "smooth_copies": 0,
+           "smooth_antithetic": 0, "clean_t": None, "hold_gain": 1.0}
 
 
 def _check(policy, name: str, low, high, *, integer: bool = False, low_open: bool = False,
@@ -51,7 +57,12 @@ class Policy:
         the mean of x0_hat over ``smooth_copies`` copies of x, each with fresh noise of sigma_{smooth_t}
         and denoised at smooth_t. The network's error varies faster with its input than the
         minimum does, so the average lands closer (docs/policies.md); each pass costs
-        ``smooth_copies`` evaluations more. Off (0) by default; ``jt``: the card's, like the finish.
+        ``smooth_copies`` evaluations (the step's own evaluation is the first copy). Off (0) by
+        default; ``jt``: the card's, like the finish.
+    smooth_antithetic: 1 = the copies come in pairs x + z, x - z (same mean, less scatter).
+    clean_t: a molecule the head reads at t <= clean_t on its first evaluation gets no finish (a
+        structure at a minimum drifts off it); None = ``arrive_t``, which ties it to hold_t.
+    hold_gain: a hold moves x by hold_gain x (x0_hat - x) instead of onto x0_hat (1).
     """
 
     name = "base"
@@ -69,6 +80,9 @@ class Policy:
     smooth_t: int | None = 0
     smooth_steps: int | None = 0
     smooth_copies: int | None = 0
+    smooth_antithetic: int | None = 0
+    clean_t: int | None = None
+    hold_gain: float | None = 1.0
 
     def __post_init__(self):
         """Every option in its allowed range, checked when the policy is built (not deep in a run)."""
@@ -80,8 +94,11 @@ class Policy:
             _check(self, "t_scale", 0.0, 100.0, low_open=True)
         if self.t_scale_cap is not None:
             _check(self, "t_scale_cap", 0, MAX_T, integer=True)
+        if self.hold_gain is not None:
+            _check(self, "hold_gain", 0.0, 4.0, low_open=True)
         for name, high in (("hold_t", MAX_T), ("hold_steps", 1000), ("polish_steps", 1000),
-                           ("smooth_t", MAX_T), ("smooth_steps", 1000), ("smooth_copies", 1000)):
+                           ("smooth_t", MAX_T), ("smooth_steps", 1000), ("smooth_copies", 1000),
+                           ("smooth_antithetic", 1), ("clean_t", MAX_T)):
             if getattr(self, name) is not None:
                 _check(self, name, 0, high, integer=True)
         # None = from the checkpoint card (calibrated() fills it, and this check runs again then)
@@ -101,6 +118,11 @@ class Policy:
     def arrive_t(self) -> int:
         """A molecule whose step falls to this is finished (or, with a finish, starts it)."""
         return max(self.threshold, self.hold_t or 0) if self.hold_steps else self.threshold
+
+    @property
+    def clean_at(self) -> int:
+        """A first reading at or below this step means: already clean, no finish."""
+        return self.arrive_t if self.clean_t is None else self.clean_t
 
     def current_t(self, t_hat: torch.Tensor, t_sched: torch.Tensor, first: torch.Tensor,
                   t_prev: torch.Tensor) -> torch.Tensor:
@@ -130,6 +152,10 @@ class Policy:
 
     def todict(self) -> dict:
         return {"name": self.name, **asdict(self)}
+
+    def key_dict(self) -> dict:
+        """``todict`` without the options that sit at their NEUTRAL value: what cache keys hash."""
+        return {k: v for k, v in self.todict().items() if not (k in NEUTRAL and v == NEUTRAL[k])}
 
     def spec(self) -> str:
         """The string ``make_policy`` parses back into this policy (used as a cache key)."""
@@ -162,6 +188,9 @@ class AdaptivePolicy(Policy):
     smooth_t: int | None = None
     smooth_steps: int | None = None
     smooth_copies: int | None = None
+    smooth_antithetic: int | None = None
+    clean_t: int | None = None
+    hold_gain: float | None = None
 
     def __post_init__(self):
         super().__post_init__()
@@ -284,8 +313,10 @@ def calibrated(policy: Policy, card: dict | None) -> Policy:
         fill["t_scale_cap"] = int(cal.get("t_scale_cap", 1000))
     finish = cal.get("finish", {})
     for name in FINISH_KEYS:
-        if getattr(policy, name) is None:
-            fill[name] = int(finish.get(name, 0))
+        if getattr(policy, name) is None and name in FINISH_FLOATS:
+            fill[name] = float(finish.get(name, FINISH_FLOATS[name]))
+        elif getattr(policy, name) is None and (name != "clean_t" or name in finish):
+            fill[name] = int(finish.get(name, 0))  # clean_t absent stays None: arrive_t
     return replace(policy, **fill) if fill else policy
 
 

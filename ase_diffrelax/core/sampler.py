@@ -210,31 +210,45 @@ class Sampler:
         return Batch(molecules, list(range(len(molecules))) if ids is None else ids, self.device,
                      self.restore_hydrogens)
 
+    def _smoothing_noise(self, b: Batch, which: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(atom rows, centred noise (copies, atoms, 3)) of each molecule in ``which``, from its own
+        generator (batch-independent). Antithetic copies come in pairs +z, -z: the part of the
+        network's response that is odd in the noise cancels within each pair instead of on average."""
+        pol = self.policy
+        k_copies = pol.smooth_copies
+        out = []
+        for k in torch.nonzero(which).flatten().tolist():
+            r = torch.nonzero(b.mol == k).flatten()
+            n_draw = (k_copies + 1) // 2 if pol.smooth_antithetic else k_copies
+            z = torch.randn((n_draw, len(r), 3), generator=b.generators[k], device=b.device)
+            z = z - z.mean(1, keepdim=True)
+            if pol.smooth_antithetic:
+                z = torch.stack([z, -z], 1).reshape(-1, len(r), 3)[:k_copies]
+            out.append((r, z))
+        return out
+
     @torch.no_grad()
-    def _smoothed_x0(self, b: Batch, x0_hat: torch.Tensor, which: torch.Tensor) -> torch.Tensor:
-        """x0_hat of the molecules ``which`` replaced by its mean over ``smooth_copies`` copies of x, each
-        with fresh noise of sigma_{smooth_t} (each molecule's own generator: batch-independent)."""
+    def _smoothed_x0(self, b: Batch, x0_hat: torch.Tensor, noises) -> torch.Tensor:
+        """x0_hat of the smoothed molecules (whose first noisy copy was the step's main evaluation,
+        already in ``x0_hat``) replaced by the mean over all ``smooth_copies`` copies at smooth_t."""
         pol, net, sched = self.policy, self.model.net, self.model.schedule
-        k_copies, t = pol.smooth_copies, pol.smooth_t
+        k_rest, t = pol.smooth_copies - 1, pol.smooth_t
+        if k_rest == 0:
+            return x0_hat
         sigma = float(sched.sigma[t])
-        idx = torch.nonzero(which).flatten().tolist()
-        rows = [torch.nonzero(b.mol == k).flatten() for k in idx]
-        xs, zs = [], []
-        for k, r in zip(idx, rows):
-            noise = torch.randn((k_copies, len(r), 3), generator=b.generators[k], device=b.device)
-            noise = noise - noise.mean(1, keepdim=True)
-            xs.append((b.x[r].unsqueeze(0) + sigma * noise).reshape(-1, 3))
-            zs.append(b.numbers[r].repeat(k_copies))
-        sizes = torch.as_tensor([len(r) for r in rows for _ in range(k_copies)], device=b.device)
+        xs = [(b.x[r].unsqueeze(0) + sigma * z[1:]).reshape(-1, 3) for r, z in noises]
+        zs = [b.numbers[r].repeat(k_rest) for r, _ in noises]
+        sizes = torch.as_tensor([len(r) for r, _ in noises for _ in range(k_rest)], device=b.device)
         copy_mol = torch.repeat_interleave(torch.arange(len(sizes), device=b.device), sizes)
         out = denoise(net, sched, torch.cat(zs), torch.cat(xs).float(), copy_mol, len(sizes),
                       lambda th: torch.full_like(th, t))
         self.n_evals += 1
         x0_hat = x0_hat.clone()
         start = 0
-        for r in rows:
-            n = len(r) * k_copies
-            x0_hat[r] = out.x0_hat[start:start + n].reshape(k_copies, len(r), 3).mean(0)
+        for r, _ in noises:
+            n = len(r) * k_rest
+            copies = out.x0_hat[start:start + n].reshape(k_rest, len(r), 3)
+            x0_hat[r] = (x0_hat[r] + copies.sum(0)) / (k_rest + 1)
             start += n
         return x0_hat
 
@@ -263,9 +277,17 @@ class Sampler:
 
         # a policy may place the start on its noise scale (FixedPolicy.vp_start); no host sync per step
         b.x = pol.start(b.x, (first & running)[mol], sched)
-        out = denoise(net, sched, b.numbers, b.x, mol, n_mol, choose_t, pairs=b.pairs)
+        x_in, noises = b.x, None
         if n_smoothed > n_hold and bool(smoothing.any()):
-            out.x0_hat = self._smoothed_x0(b, out.x0_hat, smoothing)
+            # a smoothed molecule's main evaluation is its first noisy copy (no evaluation wasted on x)
+            noises = self._smoothing_noise(b, smoothing)
+            x_in = b.x.clone()
+            sigma = float(sched.sigma[pol.smooth_t])
+            for r, z in noises:
+                x_in[r] = b.x[r] + sigma * z[0]
+        out = denoise(net, sched, b.numbers, x_in, mol, n_mol, choose_t, pairs=b.pairs)
+        if noises:
+            out.x0_hat = self._smoothed_x0(b, out.x0_hat, noises)
         t_cur = out.t
         t_next = pol.next_t(t_cur)
         noise = None
@@ -288,14 +310,18 @@ class Sampler:
         if n_pass:
             # read as clean on its first evaluation: no finish (held or polished, a structure already
             # at a minimum drifts off it; docs/policies.md), the policy alone as before
-            plain = (b.finish_pass == PLAIN) | (first & (t_cur <= pol.arrive_t))
+            plain = (b.finish_pass == PLAIN) | (first & (t_cur <= pol.clean_at))
             done_plain = ok & plain & (t_cur <= pol.threshold)
             # arriving or finishing: x becomes x0_hat; the last pass's x0_hat is the answer
             passing = ok & ~plain & (finishing | (t_cur <= pol.arrive_t))
             done_pass = torch.where(finishing, b.finish_pass + 1, torch.zeros_like(b.finish_pass))
             conv = (passing & (done_pass >= n_pass)) | done_plain
             moving = ok & ~passing & ~done_plain
-            x_pass = remove_mean(torch.where(b.fixed.unsqueeze(-1), held, out.x0_hat), mol, n_mol)
+            x_target = out.x0_hat
+            if pol.hold_gain is not None and pol.hold_gain != 1.0:  # holds step past (or short of) x0_hat
+                holding = (finishing & (b.finish_pass < n_hold))[mol].unsqueeze(-1)
+                x_target = torch.where(holding, b.x + pol.hold_gain * (out.x0_hat - b.x), out.x0_hat)
+            x_pass = remove_mean(torch.where(b.fixed.unsqueeze(-1), held, x_target), mol, n_mol)
             pass_atoms = (passing & ~conv)[mol].unsqueeze(-1)
             b.x = torch.where(pass_atoms, x_pass, b.x)
             b.x_out = torch.where(pass_atoms, x_pass, b.x_out)
@@ -305,7 +331,7 @@ class Sampler:
             conv = ok & (t_cur <= pol.threshold)
             moving = ok & ~conv
 
-        b.steps = b.steps + running.long() + smoothing.long() * (pol.smooth_copies or 0)
+        b.steps = b.steps + running.long() + smoothing.long() * max((pol.smooth_copies or 0) - 1, 0)
         b.t_hat = torch.where(running, out.t_hat, b.t_hat)
         b.t_used = torch.where(running, t_cur, b.t_used)
         b.t_sched = torch.where(moving, t_next, b.t_sched)

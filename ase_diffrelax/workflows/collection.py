@@ -225,6 +225,17 @@ def job_identity(input_path: str, shard: tuple[int, int], model, policy, seed: i
             "seed": int(seed), "conformer_seed": int(conformer_seed)}
 
 
+def _same_policy(before, now: str) -> bool:
+    """Specs written by an older version lack options added since; parsed, they get the defaults
+    the older version ran with, so the same job compares equal."""
+    from ..core.policy import make_policy
+
+    try:
+        return make_policy(before) == make_policy(now)
+    except (TypeError, ValueError):
+        return False
+
+
 class ResumeMismatch(ValueError):
     """``--resume`` onto an output that another job (input, shard or options) wrote."""
 
@@ -236,6 +247,8 @@ def _check_same_job(path: str, before: dict | None, now: dict) -> None:
             "shard": lambda j: "/".join(str(v) for v in j["shard"])}
     diffs = []
     for key in ("input_sha256", "shard", "model", "policy", "seed", "conformer_seed"):
+        if key == "policy" and _same_policy(before.get(key), now[key]):
+            continue
         if before.get(key) != now[key]:
             name = "input" if key == "input_sha256" else key
             fmt = show.get(name, lambda j, k=key: str(j.get(k)))
