@@ -246,3 +246,16 @@ def test_a_start_handed_straight_to_dft_takes_the_checkpoint_measured_at_dft(mon
     from ase_diffrelax import atoms_from_smiles
 
     assert choose_model([atoms_from_smiles(smiles)], level="dft") == chosen["dft"]
+
+
+def test_diffusion_stage_counts_network_evaluations_with_smoothing_copies(tiny_model):
+    """The stage's calls are network evaluations: each smoothed pass of 3 copies costs 2 beyond its step."""
+    from ase_diffrelax.workflows.pipeline import diffusion_stage
+
+    start = molecule("CH3CH2OH")
+    start.positions += np.random.default_rng(1).normal(0, 0.15, start.positions.shape)
+    spec = "jt:hold_t=30+hold_steps=1+smooth_t=10+smooth_steps=2+smooth_copies=3+polish_steps=1+clean_t=0"
+    _, rep = diffusion_stage(start, model=tiny_model, policy=spec)
+    _, plain = diffusion_stage(start, model=tiny_model, policy="jt")
+    assert rep.converged and plain.force_calls == plain.steps
+    assert rep.force_calls == rep.steps + 2 * 2

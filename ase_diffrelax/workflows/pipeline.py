@@ -32,8 +32,8 @@ USER_STAGES = ("pre", "target")
 class StageReport:
     stage: str
     wall_s: float
-    steps: int | None = None  # optimizer steps (diffusion: model evaluations)
-    force_calls: int | None = None
+    steps: int | None = None  # optimizer steps (diffusion: sampler steps)
+    force_calls: int | None = None  # diffusion: network evaluations, smoothing copies included
     converged: bool | None = None
     energy_start_eV: float | None = None  # physics stages only
     energy_end_eV: float | None = None
@@ -192,7 +192,8 @@ def diffusion_stage(atoms, *, model=None, policy: Policy | str = "jt", seed: int
     converged = opt.run()
     if not np.array_equal(atoms.positions, before):
         _moved_by(atoms, "diffusion")
-    report = StageReport("diffusion", time.perf_counter() - t0, steps=opt.nsteps, force_calls=opt.nsteps,
+    evals = int(opt.batch.steps[0]) if opt.nsteps else 0
+    report = StageReport("diffusion", time.perf_counter() - t0, steps=opt.nsteps, force_calls=evals,
                          converged=bool(converged), topology=topology_change(atoms.numbers, before, atoms.positions),
                          trajectory=trajectory, extra={"t_hat": float(atoms.info.get("diffusion_t", np.nan)),
                                                        "model": opt.model.name, "chosen_for_level": for_level,
