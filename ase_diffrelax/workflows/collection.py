@@ -230,6 +230,8 @@ def _same_policy(before, now: str) -> bool:
     the older version ran with, so the same job compares equal."""
     from ..core.policy import make_policy
 
+    if not isinstance(before, str):
+        return False
     try:
         return make_policy(before) == make_policy(now)
     except (TypeError, ValueError):
