@@ -14,7 +14,7 @@
 # drug-like dataset with a cosine schedule that ends inside the budget, and leaves best/last
 # checkpoints (safetensors + card; no training state: it would exceed the 16 MiB a file may bring
 # back) and the log under $OUT/run. Measure them here with benchmarks/start_quality.py.
-# INIT=moses-painn128-jt12 instead continues a shipped checkpoint with its own recipe (MMFF94 inputs
+# INIT=moses-painn128-jt13 instead continues a shipped checkpoint with its own recipe (MMFF94 inputs
 # at step 80, 64x small-t weight, lr 1e-4) at a GPU-size batch (BATCH, default 512): session 21
 # measured that twice the batch at half the learning rate gained twice what batch 32 did. The run's
 # card has no finish: measure it with the shipped one (docs/policies.md, "The finish").

@@ -14,9 +14,10 @@ MAX_T = 1000  # the schedule length of every checkpoint (NoiseSchedule.T)
 # the options a checkpoint card's time_calibration.finish may set (Policy's docstring)
 FINISH_KEYS = ("hold_t", "hold_steps", "polish_steps", "smooth_t", "smooth_steps", "smooth_copies",
                "smooth_antithetic", "clean_t", "hold_gain")
-FINISH_FLOATS = {"hold_gain": 1.0}  # the finish options that are not counts or steps, with their defaults
-# the finish options (added after results were cached under policies' keys): at these values they
-# change nothing, so they stay out of cache keys (``key_dict``) and keys from before them stay valid
+FINISH_FLOATS = {"hold_gain"}  # the finish options that are not counts or steps
+# the finish options' values that change nothing: a card without the option means this, and (the
+# options came after results were cached under policies' keys) they stay out of cache keys
+# (``key_dict``), so keys from before them stay valid
 NEUTRAL = {"hold_t": 0, "hold_steps": 0, "polish_steps": 0, "smooth_t": 0, "smooth_steps": 0, "smooth_copies": 0,
            "smooth_antithetic": 0, "clean_t": None, "hold_gain": 1.0}
 
@@ -313,10 +314,9 @@ def calibrated(policy: Policy, card: dict | None) -> Policy:
         fill["t_scale_cap"] = int(cal.get("t_scale_cap", 1000))
     finish = cal.get("finish", {})
     for name in FINISH_KEYS:
-        if getattr(policy, name) is None and name in FINISH_FLOATS:
-            fill[name] = float(finish.get(name, FINISH_FLOATS[name]))
-        elif getattr(policy, name) is None and (name != "clean_t" or name in finish):
-            fill[name] = int(finish.get(name, 0))  # clean_t absent stays None: arrive_t
+        if getattr(policy, name) is None:
+            value = finish.get(name, NEUTRAL[name])  # clean_t absent stays None: arrive_t
+            fill[name] = None if value is None else (float if name in FINISH_FLOATS else int)(value)
     return replace(policy, **fill) if fill else policy
 
 
