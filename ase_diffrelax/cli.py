@@ -90,7 +90,7 @@ def _train(args) -> int:
 
         model_cfg = load_model(args.init, device="cpu").net.config  # width and depth come from the checkpoint
         elements = model_cfg.elements
-        # unless asked for; init_from then refuses another width or fewer blocks
+        # unless asked for; init_from then refuses a narrower or non-multiple width, or fewer blocks
         asked = {k: v for k, v in (("features", args.features), ("blocks", args.blocks)) if v}
         model_cfg = ModelConfig(**{**model_cfg.todict(), **asked})
     if args.elements:
@@ -476,7 +476,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--steps", type=int, default=100_000, help="optimizer steps in total")
     t.add_argument("--batch-size", type=int, default=64, help="molecules per batch")
     t.add_argument("--lr", type=float, default=5e-4, help="peak learning rate (AdamW)")
-    t.add_argument("--features", type=positive_int, default=None, help="PaiNN feature width (default 128, or --init's)")
+    t.add_argument("--features", type=positive_int, default=None, help="PaiNN feature width (default 128, or --init's); "
+                   "with --init, a whole multiple of its width repeats its channels (same function to start)")
     t.add_argument("--blocks", type=positive_int, default=None, help="PaiNN message-passing blocks (default 3, or --init's); "
                    "with --init, blocks beyond the checkpoint's are appended with their updates starting at zero")
     t.add_argument("--mmff-fraction", type=float, default=0.4,
@@ -514,7 +515,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "file or .db (frame k goes to validation when (k+1) %% 10 == 1, test when == 0), or a dataset.npz "
                    "built by 'ase-diffrelax dataset' (its own train/val split and MMFF94 starts)")
     t.add_argument("--init", default=None, help="start from this checkpoint's weights (name or path): fine-tuning; "
-                   "width and depth come from it, new --elements get new embedding rows")
+                   "width and depth come from it unless --features/--blocks grow them, new --elements get new embedding rows")
     t.add_argument("--elements", default=None, help="comma list of element symbols the model knows "
                    "(default H,C,N,O,F; with --init: added to the checkpoint's)")
     t.add_argument("--val-molecules", type=int, default=384, help="validation molecules per validation")

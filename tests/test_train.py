@@ -275,7 +275,7 @@ def test_init_copies_known_elements_and_adds_rows_for_new_ones(tiny_model):
         else:
             torch.testing.assert_close(v, old[k])
     with pytest.raises(ValueError, match="architecture must match"):
-        init_from(Denoiser(ModelConfig(features=32, blocks=2, rbf=8, time_features=8)), tiny_model.path)
+        init_from(Denoiser(ModelConfig(features=16, blocks=2, rbf=12, time_features=8)), tiny_model.path)
 
 
 def test_init_into_a_deeper_net_copies_the_blocks_and_appends_trainable_zero_update_blocks(tiny_model):
@@ -301,6 +301,40 @@ def test_init_into_a_deeper_net_copies_the_blocks_and_appends_trainable_zero_upd
     assert new_inter.phi[-1].weight.grad.abs().sum() > 0 and new_mix.mlp[-1].weight.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="add blocks to a checkpoint, not drop them"):
         init_from(Denoiser(ModelConfig.fromdict({**cfg, "blocks": cfg["blocks"] - 1})), tiny_model.path)
+
+
+def test_init_into_a_wider_net_repeats_the_channels_and_keeps_the_function(tiny_model):
+    from ase_diffrelax.core.model import Denoiser, ModelConfig
+    from ase_diffrelax.training.state import init_from, widen_state
+
+    cfg = tiny_model.net.config.todict()
+    a = small_molecules()[3]
+    numbers, x = torch.as_tensor(a.numbers), torch.as_tensor(a.positions, dtype=torch.float32)
+    x = x + 0.05 * torch.randn(x.shape, generator=torch.Generator().manual_seed(0))
+    mol = torch.zeros(len(a), dtype=torch.long)
+    with torch.no_grad():
+        t_ref, eps_ref = tiny_model.net(numbers, x, mol, 1, t_frac=torch.tensor([0.05]))
+    # exact without jitter: the layer norms and vector rescaling see the same channel statistics
+    wide = Denoiser(ModelConfig.fromdict({**cfg, "features": 2 * cfg["features"]}))
+    wide.load_state_dict(widen_state(tiny_model.net.state_dict(), cfg["features"], 2, cfg["time_features"],
+                                     jitter=0.0))
+    with torch.no_grad():
+        t_w, eps_w = wide(numbers, x, mol, 1, t_frac=torch.tensor([0.05]))
+    torch.testing.assert_close(eps_w, eps_ref, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(t_w, t_ref, atol=1e-6, rtol=1e-5)
+    # through --init: jittered (so the repeats can separate), close to the checkpoint's function
+    net = Denoiser(ModelConfig.fromdict({**cfg, "features": 3 * cfg["features"]}))
+    info = init_from(net, tiny_model.path)
+    assert info["width_factor"] == 3 and info["new_blocks"] == []
+    w = net.interactions[0].phi[0].weight
+    assert not torch.equal(w[: cfg["features"]], w[cfg["features"]: 2 * cfg["features"]])
+    with torch.no_grad():
+        _, eps_j = net(numbers, x, mol, 1, t_frac=torch.tensor([0.05]))
+    assert float((eps_j - eps_ref).norm() / eps_ref.norm()) < 0.05
+    deeper = Denoiser(ModelConfig.fromdict({**cfg, "features": 2 * cfg["features"], "blocks": cfg["blocks"] + 1}))
+    assert init_from(deeper, tiny_model.path)["new_blocks"] == [cfg["blocks"]]
+    with pytest.raises(ValueError, match="whole factor"):
+        init_from(Denoiser(ModelConfig.fromdict({**cfg, "features": cfg["features"] + 8})), tiny_model.path)
 
 
 def test_cli_fine_tunes_a_checkpoint_on_an_xtb_dataset_with_new_elements(tiny_model, tmp_path, capsys):
