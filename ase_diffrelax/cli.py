@@ -112,7 +112,7 @@ def _train(args) -> int:
         local_minima=args.local_minima or "",
         local_fraction=args.local_fraction, device=args.device,
         self_starts=args.self_starts or "", self_fraction=args.self_fraction, self_step=args.self_step,
-        self_weight=args.self_weight, self_max_rmsd=args.self_max_rmsd,
+        self_weight=args.self_weight, self_max_rmsd=args.self_max_rmsd, max_mmff_rmsd=args.max_mmff_rmsd,
     )
     trainer = run_training(cfg, resume=args.resume, progress=not args.no_progress, stop_after_s=args.stop_after)
     print(json.dumps(trainer.history[-1] if trainer.history else {"step": trainer.step}))
@@ -506,6 +506,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "relative to an MMFF94 input's")
     t.add_argument("--self-max-rmsd", type=float, default=1.0, help="with --self-starts: use only ends within this "
                    "all-atom RMSD (A, aligned) of the minimum: in its conformation, so the rest is local geometry")
+    t.add_argument("--max-mmff-rmsd", type=float, default=1.0, help="training molecules whose MMFF94 start lies "
+                   "farther than this (A, all atoms, aligned) from their minimum get no MMFF94 inputs (validation "
+                   "keeps 1.0)")
     t.add_argument("--val-every", type=int, default=1000, help="steps between validations")
     t.add_argument("--ckpt-every", type=int, default=250, help="steps between saved training states")
     t.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")

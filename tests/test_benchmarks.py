@@ -272,3 +272,22 @@ def test_start_quality_pairs_two_methods_per_molecule_from_its_cache(tmp_path):
     assert r["paired_median"] == -0.5 and r["above_mmff"] == [5, 5]
     with pytest.raises(ValueError, match="no val molecule"):
         paired("val", "A_h1", "B_h2", path)
+
+
+def test_memorization_splits_by_the_reference_end_and_pairs_against_it():
+    """Molecules the reference ends far from (heavy RMSD > far) form their own group; a model that fits
+    only the near ones shows it there, and is counted lower than the reference where it is."""
+    from benchmarks.memorization import split_report
+
+    def model(dE, rmsd, ratio):
+        return {"ends": [{"id": i, "dE_kcal": e, "rmsd_heavy": r} for i, (e, r) in enumerate(zip(dE, rmsd))],
+                "oneshot": [{"id": i, "ratio_hat": q, "ratio_80": q} for i, q in enumerate(ratio)]}
+
+    ref = model([0.5, 0.6, 4.0, 5.0], [0.1, 0.2, 0.9, 1.2], [0.8, 0.8, 0.95, 0.95])
+    fit_near = model([0.2, 0.3, 4.0, 5.5], [0.05, 0.1, 0.9, 1.2], [0.4, 0.4, 0.95, 0.95])
+    rep = split_report({"ref": ref, "memo": fit_near}, far_rmsd=0.5)
+    assert rep["n_far"] == 2 and rep["n_near"] == 2
+    memo = rep["models"]["memo"]
+    assert memo["near"]["dE_median"] < rep["models"]["ref"]["near"]["dE_median"]
+    assert memo["far"]["oneshot_ratio_80"] == rep["models"]["ref"]["far"]["oneshot_ratio_80"] == 0.95
+    assert memo["lower_than_reference"] == 2 and "lower_than_reference" not in rep["models"]["ref"]

@@ -120,6 +120,24 @@ def test_mmff_starts_equal_to_their_references_are_no_noise_and_the_run_says_so(
         tr._warn_without_mmff()
 
 
+def test_max_mmff_rmsd_decides_which_far_starts_become_inputs_and_the_run_records_it(tmp_path):
+    """The cap is what kept the drug-like tail (starts > 1 A from their minimum) out of training:
+    raised, those molecules get MMFF94 inputs; the config refuses a negative cap."""
+    ms = MoleculeSet.from_atoms_list(small_molecules())
+    rng = np.random.default_rng(1)
+    far = ms.positions + rng.normal(0, 2.0, ms.positions.shape).astype(np.float32)  # > 1 A after alignment
+    assert not TrainingData(ms, far).has_mmff.any()  # the default cap, 1 A
+    assert TrainingData(ms, far, max_mmff_rmsd=50.0).has_mmff.all()
+    data = TrainingData(ms, far, max_mmff_rmsd=50.0)
+    tr = Trainer(TrainConfig(out=str(tmp_path / "run"), batch_size=4, model=TINY, steps=1, mmff_fraction=0.5,
+                             max_mmff_rmsd=50.0), data, data, progress=False)
+    assert "(starts up to 50 A from their minimum)" in tr.card()["training"]["data"]
+    from ase_diffrelax.training.trainer import check_config
+
+    with pytest.raises(ValueError, match="max_mmff_rmsd|max-mmff-rmsd"):
+        check_config(TrainConfig(out=str(tmp_path / "run"), model=TINY, max_mmff_rmsd=-1.0))
+
+
 def test_split_is_fixed():
     assert split_of(np.array([10, 20, 11, 21, 12, 19, 1])).tolist() == \
         ["test", "test", "val", "val", "train", "train", "val"]

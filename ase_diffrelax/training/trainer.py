@@ -76,6 +76,9 @@ class TrainConfig:
     self_step: int = 30
     self_weight: float = 1.0  # their noise-loss weight relative to an MMFF94 input's (relative-error) one
     self_max_rmsd: float = 1.0  # A, all atoms, aligned: only ends this close to the minimum are used
+    # A, all atoms, aligned: training molecules whose MMFF94 start lies farther from their minimum get
+    # no MMFF94 inputs (validation keeps 1.0, so its numbers compare across runs)
+    max_mmff_rmsd: float = 1.0
     # > 0: MMFF94 inputs presented unshrunk at this step, where the time head reads real starts
     # (noising.make_inputs); 0: at the step of their real deviation, shrunk as a Gaussian input there.
     # A list: each MMFF94 input draws one of its steps.
@@ -103,6 +106,7 @@ def check_config(cfg: TrainConfig) -> None:
     for name, low, high in (("lr", 0.0, 1.0), ("min_lr", 0.0, 1.0), ("mmff_fraction", 0.0, 1.0),
                             ("local_fraction", 0.0, 1.0), ("self_fraction", 0.0, 1.0),
                             ("self_weight", 0.0, math.inf), ("self_max_rmsd", 0.0, math.inf),
+                            ("max_mmff_rmsd", 0.0, math.inf),
                             ("teacher_forcing", 0.0, 1.0), ("ema_decay", 0.0, 1.0), ("grad_clip", 0.0, math.inf),
                             ("weight_decay", 0.0, math.inf), ("time_weight", 0.0, math.inf),
                             ("low_t_weight", 0.0, math.inf)):
@@ -188,7 +192,7 @@ class Trainer:
             val_all = np.nonzero(ms.ids % 10 == 1)[0]  # a fixed random sample: QM9 order correlates with size
             val_sel = np.sort(np.random.default_rng(12345).permutation(val_all)[: self.cfg.val_molecules])
             sub = lambda sel: (ms.subset(sel), None if mm is None else subset_per_atom(ms, mm, sel))
-            self.data = TrainingData(*sub(train_sel))
+            self.data = TrainingData(*sub(train_sel), max_mmff_rmsd=self.cfg.max_mmff_rmsd)
             self.val = TrainingData(*sub(val_sel))
             if np.any(self.data.ms.ids % 10 == 0):
                 raise ValueError("training data contains QM9 test-split molecules (Index % 10 == 0)")
@@ -222,7 +226,9 @@ class Trainer:
 
                 local = load_local_minima(self.cfg.local_minima) if self.cfg.local_minima else None
                 own = load_local_minima(self.cfg.self_starts) if self.cfg.self_starts else None
-            parts[split] = TrainingData(ref, mm.positions if self.cfg.mmff_fraction > 0 else None, local_minima=local,
+            cap = {"max_mmff_rmsd": self.cfg.max_mmff_rmsd} if split == "train" else {}
+            parts[split] = TrainingData(ref, mm.positions if self.cfg.mmff_fraction > 0 else None, **cap,
+                                        local_minima=local,
                                         local_fraction=self.cfg.local_fraction, self_starts=own,
                                         self_fraction=self.cfg.self_fraction if own is not None else 0.0,
                                         self_max_rmsd=self.cfg.self_max_rmsd)
@@ -469,6 +475,8 @@ class Trainer:
                          "QM9 (qm9pack) B3LYP/6-31G(2df,p) minima, train split (QM9 Index % 10 not in {0, 1})")
                         + (" + MMFF94 minima as structured noise" if self.cfg.mmff_fraction else "")
                         + (f" presented at step {presentation}" if self.cfg.mmff_fraction and presentation else "")
+                        + (f" (starts up to {self.cfg.max_mmff_rmsd:g} A from their minimum)"
+                           if self.cfg.mmff_fraction and self.cfg.max_mmff_rmsd != 1.0 else "")
                         + (f" (on local minima at MMFF94 torsions, {self.cfg.local_minima}"
                            + (f", for a fraction {self.cfg.local_fraction:g} of them)" if self.cfg.local_fraction < 1
                               else ")")
@@ -631,7 +639,7 @@ def _run_training(cfg: TrainConfig, resume: bool, progress: bool, stop_after_s) 
                    and k in ("mmff_fraction", "teacher_forcing", "time_weight", "low_t_weight", "low_t_max", "steps", "lr",
                              "lr_decay_start", "lr_decay_end", "local_minima", "local_fraction", "mmff_step",
                              "self_starts", "self_fraction", "self_step", "self_weight",
-                             "self_max_rmsd")}
+                             "self_max_rmsd", "max_mmff_rmsd")}
         if changed:  # a curriculum change: recorded in the history, and so in the model card
             trainer.history.append({"step": trainer.step, "config_change": changed})
     elif not resume and st.exists():
