@@ -9,6 +9,9 @@ budget). The molecules are split by where the reference checkpoint (the first mo
 conformation is off), "near" = the rest. Per model and group: GFN2-xTB energy above the minimum and
 RMSD after the policy (``vp_start.policies``), and one evaluation of the MMFF94 start
 (``vp_start.oneshot``: deviation of x0_hat over the start's, at the time head's step and at 80).
+``start_anatomy`` says what the far starts are: their rotatable torsions against the minimum's,
+for starts beyond the training cap on MMFF94 inputs (``--max-mmff-rmsd``, 1 A), the other far
+ones, and the near ones.
 
     python -m benchmarks.memorization --models moses-painn128-jt13,runs/moses-memo3/last,runs/moses-memo5/last \\
         --out docs/results/memorization_train200_session25.json
@@ -57,6 +60,50 @@ def split_report(per_model: dict, far_rmsd: float) -> dict:
     return out
 
 
+def _dihedral(p, i, j, k, l) -> float:  # noqa: E741
+    b1 = (p[k] - p[j]) / np.linalg.norm(p[k] - p[j])
+    v = (p[i] - p[j]) - np.dot(p[i] - p[j], b1) * b1
+    w = (p[l] - p[k]) - np.dot(p[l] - p[k], b1) * b1
+    return float(np.degrees(np.arctan2(np.dot(np.cross(b1, v), w), np.dot(v, w))))
+
+
+def start_anatomy(part: str, n: int, data: Path) -> dict:
+    """Per molecule: the MMFF94 start's all-atom RMSD to the minimum (aligned, the training cap's
+    measure) and how far its rotatable and ring torsions (heavy atoms) are from the minimum's, degrees."""
+    from ase_diffrelax.chem.internals import internal_coordinates, ring_bonds
+    from ase_diffrelax.training.noising import aligned_displacement
+    from ase_diffrelax.training.xtb_dataset import read_dataset
+
+    out = {}
+    for a in read_dataset(data, part)[:n]:
+        x, m = a.positions - a.positions.mean(0), a.arrays["positions_mmff"]
+        bonds, _, torsions, rotatable = internal_coordinates(a.numbers, x)
+        ring = ring_bonds(len(a), bonds)
+        change = lambda ts: [abs((_dihedral(x, *t) - _dihedral(m, *t) + 180) % 360 - 180) for t in ts]
+        rot = change(rotatable)
+        ring_t = change([t for t in torsions if (min(t[1], t[2]), max(t[1], t[2])) in ring])
+        d, _ = aligned_displacement(m, x, np.inf)
+        out[int(a.info["id"])] = {"start_rmsd_all": float(np.sqrt((d**2).sum(1).mean())),
+                                  "rotatable": len(rot), "rotatable_max_change": max(rot, default=0.0),
+                                  "rotatable_over_30": sum(c > 30 for c in rot), "ring_max_change": max(ring_t, default=0.0)}
+    return out
+
+
+def anatomy_report(anatomy: dict, ends: list, far_rmsd: float, cap: float = 1.0) -> dict:
+    """Medians of ``start_anatomy`` over three groups: starts beyond the training cap, other far ends, near."""
+    far = {r["id"]: r["rmsd_heavy"] > far_rmsd for r in ends}
+    groups = {f"start beyond {cap:g} A": lambda i: anatomy[i]["start_rmsd_all"] > cap,
+              "far, start within the cap": lambda i: far[i] and anatomy[i]["start_rmsd_all"] <= cap,
+              "near": lambda i: not far[i]}
+    out = {}
+    for name, pick in groups.items():
+        sel = [anatomy[i] for i in far if pick(i)]
+        if sel:
+            out[name] = {"n": len(sel), **{k: float(np.median([r[k] for r in sel])) for k in sel[0]},
+                         "share_with_a_rotatable_torsion_over_30": float(np.mean([r["rotatable_over_30"] > 0 for r in sel]))}
+    return out
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", required=True, help="comma list; the first is the reference that splits far/near")
@@ -76,6 +123,8 @@ def main(argv=None) -> None:
         shots = oneshot(name, args.part, args.n, [80], Path(args.data))
         per_model[name] = {"ends": ends["policies"][args.policy]["rows"], "oneshot": shots["rows"]}
     report = split_report(per_model, args.far)
+    report["start_anatomy"] = anatomy_report(start_anatomy(args.part, args.n, Path(args.data)),
+                                             per_model[next(iter(per_model))]["ends"], args.far)
     report.update(part=args.part, n=args.n, policy=args.policy,
                   what="GFN2-xTB energy above the lowest known minimum (kcal/mol) and heavy-atom RMSD (A, "
                        "symmetry-aware, aligned) after the policy; one-shot = deviation of x0_hat from the minimum "

@@ -291,3 +291,17 @@ def test_memorization_splits_by_the_reference_end_and_pairs_against_it():
     assert memo["near"]["dE_median"] < rep["models"]["ref"]["near"]["dE_median"]
     assert memo["far"]["oneshot_ratio_80"] == rep["models"]["ref"]["far"]["oneshot_ratio_80"] == 0.95
     assert memo["lower_than_reference"] == 2 and "lower_than_reference" not in rep["models"]["ref"]
+
+
+def test_memorization_start_anatomy_groups_by_the_cap_then_by_the_end():
+    from benchmarks.memorization import anatomy_report
+
+    row = lambda rmsd, rot: {"start_rmsd_all": rmsd, "rotatable": 4, "rotatable_max_change": rot,
+                             "rotatable_over_30": int(rot > 30), "ring_max_change": 2.0}
+    anatomy = {0: row(1.5, 90.0), 1: row(0.8, 40.0), 2: row(0.3, 10.0), 3: row(0.2, 5.0)}
+    ends = [{"id": 0, "rmsd_heavy": 1.0}, {"id": 1, "rmsd_heavy": 0.6}, {"id": 2, "rmsd_heavy": 0.1},
+            {"id": 3, "rmsd_heavy": 0.7}]
+    rep = anatomy_report(anatomy, ends, far_rmsd=0.5, cap=1.0)
+    assert rep["start beyond 1 A"]["n"] == 1 and rep["start beyond 1 A"]["rotatable_max_change"] == 90.0
+    assert rep["far, start within the cap"]["n"] == 2 and rep["near"]["n"] == 1
+    assert rep["far, start within the cap"]["share_with_a_rotatable_torsion_over_30"] == 0.5
