@@ -33,12 +33,12 @@ def load_optimizer(opt: torch.optim.Optimizer, tensors: dict, meta: dict) -> Non
 
 def init_from(net: Denoiser, checkpoint) -> dict:
     """Copy a checkpoint's weights into ``net`` (the same width or a whole multiple of it, the same
-    depth or deeper). Embedding rows
-    of elements both know are copied; elements new to ``net`` start from the mean of the known rows,
-    so a fine-tune begins from the checkpoint's chemistry rather than from noise. Blocks ``net`` has
-    beyond the checkpoint's are appended after them with their updates zeroed (``grow_blocks``), so
-    a deeper run starts near the checkpoint's function rather than from scratch; a wider one starts
-    from the checkpoint's channels repeated (``widen_state``). Returns what was done."""
+    depth or deeper). Embedding rows of elements both know are copied; elements new to ``net`` start
+    from the mean of the known rows, so a fine-tune begins from the checkpoint's chemistry rather
+    than from noise. Blocks ``net`` has beyond the checkpoint's are appended after them with their
+    updates zeroed (``grow_blocks``), so a deeper run starts near the checkpoint's function rather
+    than from scratch; a wider one starts from the checkpoint's channels repeated (``widen_state``).
+    Returns what was done."""
     from ..core.checkpoint import load_model
 
     src = load_model(checkpoint, device="cpu")  # a tampered registered or saved checkpoint raises here
@@ -53,6 +53,9 @@ def init_from(net: Denoiser, checkpoint) -> dict:
     if b.features % a.features or b.features < a.features:
         raise ValueError(f"--init {checkpoint}: features is {a.features} there but {b.features} here; a run may "
                          f"widen a checkpoint by a whole factor ({2 * a.features}, {3 * a.features}, ...), not narrow it")
+    if b.features != a.features and a.features % 2:
+        raise ValueError(f"--init {checkpoint}: an odd width ({a.features}) cannot be widened: the heads' "
+                         "half-width layers would not repeat evenly")
     if b.blocks < a.blocks:
         raise ValueError(f"--init {checkpoint}: it has {a.blocks} blocks, this run {b.blocks}; "
                          "a run may add blocks to a checkpoint, not drop them")
