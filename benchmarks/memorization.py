@@ -28,6 +28,7 @@ import torch
 
 from ase_diffrelax.files import atomic_write_json
 
+from .error_anatomy import _dihedral
 from .vp_start import DATA, oneshot, policies
 
 FINISH = ("jt:hold_t=30+hold_steps=6+polish_steps=2+smooth_t=10+smooth_steps=12+smooth_copies=2"
@@ -58,13 +59,6 @@ def split_report(per_model: dict, far_rmsd: float) -> dict:
             row["lower_than_reference"] = int((mine < base).sum())
         out["models"][name] = row
     return out
-
-
-def _dihedral(p, i, j, k, l) -> float:  # noqa: E741
-    b1 = (p[k] - p[j]) / np.linalg.norm(p[k] - p[j])
-    v = (p[i] - p[j]) - np.dot(p[i] - p[j], b1) * b1
-    w = (p[l] - p[k]) - np.dot(p[l] - p[k], b1) * b1
-    return float(np.degrees(np.arctan2(np.dot(np.cross(b1, v), w), np.dot(v, w))))
 
 
 def start_anatomy(part: str, n: int, data: Path) -> dict:
