@@ -99,12 +99,13 @@ def grow_blocks(net: Denoiser, first_new: int) -> None:
 # How each parameter of a Denoiser of width F widens to k*F (Net2WiderNet: every channel repeated k
 # times, its outgoing weights divided by k). "rows": the output dimension's chunks of F-wide
 # channels (split / gate / three-way outputs are tiled chunk by chunk; 0 = output not widened).
-# "cols": the input dimension's parts, each (size as a fraction of F or an absolute int, repeated?).
+# "cols": the input dimension's parts, each (size: a fraction of F, a count, "time" = the time
+# embedding's width or "rest" = what is left of the input; repeated?).
 _HALF, _FULL = 0.5, 1.0
 _WIDEN_RULES = (
     (r"interactions\.\d+\.phi\.0\.", 1, ((_FULL, True),)),
     (r"interactions\.\d+\.phi\.2\.", 3, ((_FULL, True),)),
-    (r"interactions\.\d+\.W\.", 3, (("rbf", False),)),
+    (r"interactions\.\d+\.W\.", 3, (("rest", False),)),
     (r"mixings\.\d+\.UV\.", 2, ((_FULL, True),)),
     (r"mixings\.\d+\.mlp\.0\.", 1, ((_FULL, True), (_FULL, True))),
     (r"mixings\.\d+\.mlp\.2\.", 3, ((_FULL, True),)),
@@ -145,9 +146,8 @@ def widen_state(state: dict, features: int, factor: int, time_features: int, jit
         if w.dim() == 2:
             parts, start = [], 0
             for size, repeated in cols:
-                n = {"rbf": None, "time": time_features}.get(size, size) if isinstance(size, str) else \
-                    (int(size * features) if isinstance(size, float) else size)
-                n = w.shape[1] if n is None else n
+                n = (w.shape[1] - start if size == "rest" else time_features if size == "time"
+                     else int(size * features) if isinstance(size, float) else size)
                 part = w[:, start:start + n]
                 start += n
                 parts.append(part.repeat(1, factor) / factor if repeated else part)
