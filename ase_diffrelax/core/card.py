@@ -66,7 +66,7 @@ def check_card(card: dict, label: str) -> ModelConfig:
         if finish is not None:  # the jt policy's finish measured for these weights (core.policy)
             if not isinstance(finish, dict):
                 raise CardError(f"{label}: time_calibration.finish must be a table")
-            from .policy import FINISH_FLOATS, FINISH_KEYS
+            from .policy import FINISH_FLOATS, FINISH_KEYS, FINISH_MAX
 
             unknown = sorted(set(finish) - set(FINISH_KEYS) - {"measured"})
             if unknown:
@@ -75,8 +75,7 @@ def check_card(card: dict, label: str) -> ModelConfig:
                 if name in FINISH_FLOATS and name in finish:
                     _number(finish[name], float, 1e-3, 4.0, f"{label}: time_calibration.finish.{name}")
                 elif name in finish:
-                    _number(finish[name], int, 0, 1 if name == "smooth_antithetic" else 1000,
-                            f"{label}: time_calibration.finish.{name}")
+                    _number(finish[name], int, 0, FINISH_MAX[name], f"{label}: time_calibration.finish.{name}")
             if finish.get("hold_steps") and not finish.get("hold_t"):
                 raise CardError(f"{label}: time_calibration.finish.hold_steps needs hold_t")
             if finish.get("smooth_steps") and not (finish.get("smooth_t") and finish.get("smooth_copies")):

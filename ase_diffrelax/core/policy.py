@@ -15,6 +15,9 @@ MAX_T = 1000  # the schedule length of every checkpoint (NoiseSchedule.T)
 FINISH_KEYS = ("hold_t", "hold_steps", "polish_steps", "smooth_t", "smooth_steps", "smooth_copies",
                "smooth_antithetic", "clean_t", "hold_gain")
 FINISH_FLOATS = {"hold_gain"}  # the finish options that are not counts or steps
+# the largest value of each integer option (steps, counts, the antithetic switch), for policies and cards
+FINISH_MAX = {"hold_t": MAX_T, "hold_steps": 1000, "polish_steps": 1000, "smooth_t": MAX_T, "smooth_steps": 1000,
+              "smooth_copies": 1000, "smooth_antithetic": 1, "clean_t": MAX_T}
 # the finish options' values that change nothing: a card without the option means this, and (the
 # options came after results were cached under policies' keys) they stay out of cache keys
 # (``key_dict``), so keys from before them stay valid
@@ -97,9 +100,7 @@ class Policy:
             _check(self, "t_scale_cap", 0, MAX_T, integer=True)
         if self.hold_gain is not None:
             _check(self, "hold_gain", 0.0, 4.0, low_open=True)
-        for name, high in (("hold_t", MAX_T), ("hold_steps", 1000), ("polish_steps", 1000),
-                           ("smooth_t", MAX_T), ("smooth_steps", 1000), ("smooth_copies", 1000),
-                           ("smooth_antithetic", 1), ("clean_t", MAX_T)):
+        for name, high in FINISH_MAX.items():
             if getattr(self, name) is not None:
                 _check(self, name, 0, high, integer=True)
         # None = from the checkpoint card (calibrated() fills it, and this check runs again then)
